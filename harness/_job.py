@@ -402,7 +402,7 @@ def load_run_spec(tracker: MlflowTracker, tmp: Path) -> Spec:
 
 
 def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any], None]] | None = None, progress: Any = None,
-           allow_finished: bool = False) -> RunOutcome:
+           allow_finished: bool = False, assume_dead: bool = False) -> RunOutcome:
     """Continue a stopped run from its newest readable checkpoint, in the same MLflow run."""
     from harness._checkpoint import CheckpointError, resume_candidates
 
@@ -416,7 +416,7 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
     stop = run_info.data.tags.get("stop_reason")
     if run_info.info.status == "FINISHED" and not allow_finished:
         raise UsageError(f"run {run_id} already finished (stop_reason={stop}); there is nothing to resume")
-    if run_is_live(run_info):
+    if not assume_dead and run_is_live(run_info):
         raise UsageError(f"run {run_id} is still running (pid {run_info.data.tags.get('harness.pid')}); stop it first")
     tracker = MlflowTracker(client, run_id)
     with tempfile.TemporaryDirectory(prefix="harness-resume-") as tmp:

@@ -26,6 +26,7 @@ class Progress:
         self._first_step: int | None = None
         self.run_id: str | None = None
         self._last: dict[str, Any] = {}
+        self._printed_step: int | None = None
 
     def bind(self, run_id: str) -> None:
         self.run_id = run_id
@@ -76,9 +77,12 @@ class Progress:
             return
         now = time.perf_counter()
         done = self.total is not None and self._last.get("step") == self.total
+        step = self._last.get("step", 0)
+        if step == self._printed_step and not isinstance(event, EvalEnd):
+            return
         if isinstance(event, EvalEnd) or now - self._last_print >= self.every_s or done:
             self._last_print = now
-            step = self._last.get("step", 0)
+            self._printed_step = step
             total = f"/{self.total}" if self.total else ""
             prefix = f"[{self.label}] " if self.label else ""
             print(f"{prefix}step {step}{total} {info} eta {self._eta(step)}", file=self.stream, flush=True)

@@ -69,6 +69,10 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = 
         except OSError:
             pass
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is untouched") from None
+    except BaseException:
+        # e.g. a state that cannot be pickled: never leave a stray temp file next to the checkpoints
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from harness._errors import Issue, SpecError
 
@@ -132,11 +132,15 @@ class ModelSpec(_Model):
     tie_weights: bool = Field(False, description="share the token embedding with the output head")
     bias: bool = Field(True, description="use biases in linear layers and layer norms")
 
-    @model_validator(mode="after")
-    def _check(self) -> ModelSpec:
-        if self.d_model % self.n_heads:
-            raise _at("d_model", f"must be divisible by n_heads ({self.d_model} % {self.n_heads} = {self.d_model % self.n_heads})")
-        return self
+    # Cross-field checks are field validators on the later field (reading earlier ones from info.data), so they
+    # still run, and are reported together, when some other field of the section is invalid.
+    @field_validator("n_heads")
+    @classmethod
+    def _divides(cls, n_heads: int, info: ValidationInfo) -> int:
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % n_heads:
+            raise ValueError(f"must divide d_model ({d_model} is not divisible by {n_heads})")
+        return n_heads
 
 
 # ----------------------------------------------------------------------------------------------------------- train
@@ -212,16 +216,27 @@ class TrainSpec(_Model):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward and loss under bf16 autocast")
     threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (null: torch's default)")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainSpec:
-        if (self.epochs is None) == (self.max_steps is None):
-            raise _at("epochs", "set exactly one of epochs or max_steps")
-        if self.schedule.min_lr > self.optimizer.lr:
-            raise _at("schedule.min_lr", f"must not exceed optimizer.lr ({self.schedule.min_lr} > {self.optimizer.lr})")
-        if self.max_steps is not None and (self.eval.every_epochs or self.checkpoint.every_epochs):
-            field = "eval.every_epochs" if self.eval.every_epochs else "checkpoint.every_epochs"
-            raise _at(field, "needs train.epochs; with max_steps use every_steps")
-        return self
+    @field_validator("max_steps")
+    @classmethod
+    def _one_length(cls, max_steps: int | None, info: ValidationInfo) -> int | None:
+        if "epochs" in info.data and (info.data["epochs"] is None) == (max_steps is None):
+            raise ValueError("set exactly one of train.epochs or train.max_steps" + (", not both" if max_steps is not None else ""))
+        return max_steps
+
+    @field_validator("schedule")
+    @classmethod
+    def _floor_below_peak(cls, schedule: ScheduleSpec, info: ValidationInfo) -> ScheduleSpec:
+        opt = info.data.get("optimizer")
+        if opt is not None and schedule.min_lr > opt.lr:
+            raise _at("min_lr", f"must not exceed optimizer.lr ({schedule.min_lr} > {opt.lr})")
+        return schedule
+
+    @field_validator("eval", "checkpoint")
+    @classmethod
+    def _epoch_cadence_needs_epochs(cls, value: EvalSpec | CheckpointSpec, info: ValidationInfo) -> Any:
+        if info.data.get("max_steps") is not None and value.every_epochs is not None:
+            raise _at("every_epochs", "needs train.epochs; with max_steps use every_steps")
+        return value
 
 
 # ----------------------------------------------------------------------------------------------------------- tracking
@@ -345,16 +360,30 @@ class Spec(_Model):
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow experiment, run name and tags")
     sweep: SweepSpec | None = Field(None, description="Optuna sweep over this spec (absent for a single run)")
 
-    @model_validator(mode="after")
-    def _check(self) -> Spec:
-        if self.train.early_stopping and self.train.early_stopping.metric == "val/loss" and self.data.val_fraction == 0:
-            raise _at("train.early_stopping.metric", "val/loss needs data.val_fraction > 0 (or watch train/loss_eval)")
-        if self.data.sampling == "documents" and self.data.tokenizer.kind != "char":
-            raise _at("data.tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
-        n_params = estimate_parameters(self.model, vocab_size=256, seq_len=self.data.seq_len)
+    @field_validator("data")
+    @classmethod
+    def _documents_need_char(cls, data: DataSpec) -> DataSpec:
+        if data.sampling == "documents" and data.tokenizer.kind != "char":
+            raise _at("tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _allocatable(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
+        data = info.data.get("data")
+        n_params = estimate_parameters(model, vocab_size=256, seq_len=data.seq_len if data is not None else 1)
         if n_params > MAX_PARAMETERS:
-            raise _at("model", f"about {n_params:.3g} parameters; at most {MAX_PARAMETERS:.0e} are allowed")
-        return self
+            raise ValueError(f"about {n_params:.3g} parameters before the vocabulary; at most {MAX_PARAMETERS:.0e} are allowed")
+        return model
+
+    @field_validator("train")
+    @classmethod
+    def _val_for_early_stopping(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        data = info.data.get("data")
+        es = train.early_stopping
+        if es is not None and es.metric == "val/loss" and data is not None and data.val_fraction == 0:
+            raise _at("early_stopping.metric", "val/loss needs data.val_fraction > 0 (or watch train/loss_eval)")
+        return train
 
     @property
     def experiment(self) -> str:
@@ -418,9 +447,20 @@ def _check_path(path: str, *, allow_sweep: bool = True) -> str | None:
     if path.startswith("tracking.tags.") and len(path) > len("tracking.tags."):
         return None
     candidates = [p for p in paths if allow_sweep or not p.startswith("sweep")]
-    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    close = _closest(path, candidates)
+    hint = f"; did you mean {close}?" if close else ""
     return f"unknown field path '{path}'{hint}"
+
+
+def _closest(path: str, candidates: list[str]) -> str | None:
+    """The valid path a typo most likely meant: a sibling with a similar name, else a similar full path."""
+    parent, _, leaf = path.rpartition(".")
+    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
+    if siblings:
+        close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+        return siblings[close[0]] if close else None
+    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 # ----------------------------------------------------------------------------------------------------------- YAML
@@ -577,10 +617,9 @@ def _issues_from(exc: ValidationError, file: str | None) -> list[Issue]:
             path = f"{path}.{mark.group(1)}" if path else mark.group(1)
             msg = mark.group(2)
         if err["type"] == "extra_forbidden":
-            parent = path.rsplit(".", 1)[0] if "." in path else ""
-            close = difflib.get_close_matches(path, list(field_paths()), n=1, cutoff=0.6)
-            if close and close[0].rsplit(".", 1)[0] == parent:
-                msg += f"; did you mean {close[0]}?"
+            close = _closest(path, list(field_paths()))
+            if close:
+                msg += f"; did you mean {close}?"
         key = (path, msg)
         if key not in seen:
             seen.add(key)

@@ -3,7 +3,9 @@
 Fixtures (names are stable; other test modules rely on them):
 
 * ``_isolate`` (autouse): every test runs with ``tmp_path`` as the working directory and MLflow pointed at a
-  SQLite store inside it, so nothing is written into the repository.
+  SQLite store inside it, so nothing is written into the repository. It also pins torch to one intra-op thread
+  before and after each test: on a small shared CPU, two threads make every tiny op ~100x slower, and a test that
+  runs a spec with ``train.threads`` must not leak its setting into the next test.
 * ``tiny_text``: the ~2.5k-character English text that ``tiny_corpus`` writes (a str).
 * ``tiny_corpus``: path (``pathlib.Path``) of a small UTF-8 text file in ``tmp_path``.
 * ``tiny_spec_dict``: a plain dict of a valid, tiny run spec (char tokenizer, windows sampling) that trains in well
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
+import torch
 import yaml
 
 TINY_TEXT = """\
@@ -61,12 +64,15 @@ def write_spec(tmp_path: Path, spec: Any, name: str = "spec.yaml") -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Run every test inside ``tmp_path`` with MLflow tracking into ``tmp_path/mlruns/mlflow.db``."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir(exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     monkeypatch.delenv("HARNESS_KILL_AT", raising=False)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

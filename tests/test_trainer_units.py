@@ -1,0 +1,316 @@
+"""Trainer pieces without MLflow: LR schedules, gradient clipping, checkpoint files and bit-identical resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness._checkpoint import CheckpointError, load_checkpoint, resume_candidates, save_checkpoint
+from harness._corpus import prepare
+from harness._data import eval_batches, make_batches
+from harness._model import GPT
+from harness._spec import TrainSpec, spec_from_dict
+from harness._trainer import EpochEnd, EvalEnd, StepEnd, StopTraining, Trainer, lr_lambda
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+
+
+def _train_spec(**kw) -> TrainSpec:
+    base = {"max_steps": 100, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 1.0e-2}}
+    base.update(kw)
+    return TrainSpec.model_validate(base)
+
+
+def _build(spec_dict: dict, ckpt_dir: Path, callbacks=(), init_seed: int | None = None) -> Trainer:
+    """Data, model and trainer for a spec dict, as harness._job._build does it but without MLflow."""
+    spec = spec_from_dict(spec_dict)
+    prep = prepare(spec.data)
+    torch.manual_seed(spec.seed if init_seed is None else init_seed)
+    model = GPT(spec.model, vocab_size=prep.tokenizer.vocab_size, max_seq_len=spec.data.seq_len)
+    batches = make_batches(prep, spec.data, batch_size=spec.train.batch_size, seed=spec.seed)
+    kw = {"batch_size": spec.train.batch_size, "n_batches": spec.train.eval.batches}
+    evals = {"train": eval_batches(prep, spec.data, split="train", **kw), "val": eval_batches(prep, spec.data, split="val", **kw)}
+    return Trainer(model, spec.train, batches, eval_sets=evals, checkpoint_dir=ckpt_dir, device=torch.device("cpu"),
+                   callbacks=list(callbacks))
+
+
+class _Collect:
+    def __init__(self, kind=StepEnd):
+        self.kind = kind
+        self.events = []
+
+    def __call__(self, event):
+        if isinstance(event, self.kind):
+            self.events.append(event)
+
+
+# ----------------------------------------------------------------------------------------------------------- LR schedules
+
+
+def test_lr_constant():
+    f = lr_lambda(_train_spec(schedule={"name": "constant"}), 100)
+    assert [f(s) for s in (0, 1, 50, 99, 100)] == [1.0] * 5
+
+
+def test_lr_constant_with_warmup():
+    f = lr_lambda(_train_spec(schedule={"name": "constant", "warmup_steps": 4}), 100)
+    assert [f(s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_lr_linear():
+    spec = _train_spec(optimizer={"lr": 1.0e-2}, schedule={"name": "linear", "min_lr": 1.0e-3})
+    f = lr_lambda(spec, 100)
+    floor = 0.1
+    assert f(0) == pytest.approx(1.0)
+    assert f(50) == pytest.approx((1.0 + floor) / 2)
+    assert f(25) == pytest.approx(floor + 0.75 * (1 - floor))
+    assert f(100) == pytest.approx(floor)
+    assert f(150) == pytest.approx(floor)  # never below the floor
+    values = [f(s) for s in range(101)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_lr_warmup_cosine():
+    spec = _train_spec(optimizer={"lr": 1.0e-2}, schedule={"name": "warmup_cosine", "warmup_steps": 10, "min_lr": 1.0e-3})
+    f = lr_lambda(spec, 110)
+    floor = 0.1
+    # warmup: linear from lr/warmup to lr
+    assert f(0) == pytest.approx(0.1)
+    assert f(4) == pytest.approx(0.5)
+    assert f(9) == pytest.approx(1.0)
+    # peak at the end of warmup, then cosine to the floor
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(floor + (1 - floor) * 0.5)  # middle of the decay
+    assert f(35) == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert f(110) == pytest.approx(floor)  # final
+    assert f(500) == pytest.approx(floor)
+    decay = [f(s) for s in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert min(f(s) for s in range(200)) >= floor - 1e-12
+
+
+def test_lr_schedule_drives_the_optimizer(tmp_path, tiny_spec_dict):
+    tiny_spec_dict["train"]["schedule"] = {"name": "warmup_cosine", "warmup_steps": 2, "min_lr": 1.0e-4}
+    steps = _Collect()
+    result = _build(tiny_spec_dict, tmp_path / "ck", [steps]).fit()
+    assert result.stop_reason == "completed" and result.steps == 6
+    f = lr_lambda(spec_from_dict(tiny_spec_dict).train, 6)
+    assert [e.lr for e in steps.events] == pytest.approx([1.0e-3 * f(s) for s in range(6)])
+    assert [e.step for e in steps.events] == list(range(6))
+
+
+# ----------------------------------------------------------------------------------------------------------- clipping
+
+
+def _first_grad_norm(spec_dict: dict) -> float:
+    """The unclipped global gradient norm of the first training batch under the initial weights."""
+    spec = spec_from_dict(spec_dict)
+    prep = prepare(spec.data)
+    torch.manual_seed(spec.seed)
+    model = GPT(spec.model, vocab_size=prep.tokenizer.vocab_size, max_seq_len=spec.data.seq_len)
+    x, y = make_batches(prep, spec.data, batch_size=spec.train.batch_size, seed=spec.seed).next()
+    loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, prep.tokenizer.vocab_size), y.reshape(-1))
+    loss.backward()
+    return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters() if p.grad is not None))
+
+
+def test_clipping_logs_pre_clip_norm(tmp_path, tiny_spec_dict):
+    tiny_spec_dict["train"]["clip_grad_norm"] = 1.0e-3
+    steps = _Collect()
+    _build(tiny_spec_dict, tmp_path / "ck", [steps]).fit()
+    assert len(steps.events) == 6
+    for e in steps.events:
+        assert e.grad_norm > 1.0e-3  # a post-clip norm could never exceed the clip
+        assert e.clipped is True
+    assert steps.events[0].grad_norm == pytest.approx(_first_grad_norm(tiny_spec_dict), rel=1e-5)
+
+
+def test_clipped_flag_matches_norm(tmp_path, tiny_spec_dict):
+    # a clip between the smallest and largest norm of the run: the flag must follow norm > clip step by step
+    probe = _Collect()
+    _build(tiny_spec_dict, tmp_path / "a", [probe]).fit()
+    norms = sorted(e.grad_norm for e in probe.events)
+    clip = (norms[1] + norms[-2]) / 2
+    tiny_spec_dict["train"]["clip_grad_norm"] = clip
+    steps = _Collect()
+    _build(tiny_spec_dict, tmp_path / "b", [steps]).fit()
+    flags = [e.clipped for e in steps.events]
+    assert flags == [e.grad_norm > clip for e in steps.events]
+    assert any(flags) and not all(flags)
+
+
+def test_no_clip_never_flags(tmp_path, tiny_spec_dict):
+    steps = _Collect()
+    _build(tiny_spec_dict, tmp_path / "ck", [steps]).fit()
+    assert all(e.clipped is False for e in steps.events)
+    assert all(math.isfinite(e.grad_norm) and e.grad_norm > 0 for e in steps.events)
+    assert steps.events[0].grad_norm == pytest.approx(_first_grad_norm(tiny_spec_dict), rel=1e-5)
+
+
+def test_clipping_limits_the_update(tmp_path, tiny_spec_dict):
+    # plain SGD: the update is exactly lr * clipped gradient, so its norm is lr * clip
+    tiny_spec_dict["train"].update(max_steps=1, clip_grad_norm=1.0e-3, optimizer={"name": "sgd", "lr": 1.0})
+    trainer = _build(tiny_spec_dict, tmp_path / "ck")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    delta = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(trainer.model.parameters(), before)))
+    assert delta == pytest.approx(1.0e-3, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------- checkpoint files
+
+
+class _Evil:
+    """Unpickling this would create ``marker`` (open(path, 'w'))."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_refuses_code_running_pickle(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Evil(marker)}, path)
+    with pytest.raises(CheckpointError) as exc_info:
+        load_checkpoint(path)
+    assert not marker.exists()
+    assert str(path) in str(exc_info.value)
+    assert "refused" in str(exc_info.value)
+    # the payload is real: an unsafe load would have run it
+    sentinel = tmp_path / "sanity" / "PWNED"
+    sentinel.parent.mkdir()
+    torch.save({"model": {}, "payload": _Evil(sentinel)}, tmp_path / "sanity" / "evil.pt")
+    fh = torch.load(tmp_path / "sanity" / "evil.pt", weights_only=False)["payload"]
+    fh.close()
+    assert sentinel.exists()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "trainer": {"step": 3, "best": None, "last_eval": {"val/loss": 1.5}}}
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert loaded["trainer"] == state["trainer"]
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_save_keeps_previous(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"v": torch.tensor(1)}}, path, keep_previous=True)
+    save_checkpoint({"model": {"v": torch.tensor(2)}}, path, keep_previous=True)
+    assert int(load_checkpoint(path)["model"]["v"]) == 2
+    assert int(load_checkpoint(tmp_path / "prev.pt")["model"]["v"]) == 1
+    assert [p.name for p in resume_candidates(tmp_path)] == ["last.pt", "prev.pt"]
+
+
+def test_failed_save_leaves_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    save_checkpoint({"model": {"v": torch.tensor(1)}}, path)
+    with pytest.raises((CheckpointError, pickle.PicklingError, AttributeError, TypeError)):
+        save_checkpoint({"model": {"v": torch.tensor(2)}, "bad": lambda: 0}, path)
+    assert int(load_checkpoint(path)["model"]["v"]) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 0.95])
+def test_truncated_checkpoint(tmp_path, keep):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.randn(64, 64)}, "trainer": {"step": 1}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError) as exc_info:
+        load_checkpoint(path)
+    assert str(path) in str(exc_info.value)
+    assert "truncated or corrupt" in str(exc_info.value)
+
+
+def test_garbage_and_missing_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a harness checkpoint"):
+        load_checkpoint(plain)
+
+
+# ----------------------------------------------------------------------------------------------------------- resume
+
+
+def _resume_spec(tiny_spec_dict: dict) -> dict:
+    d = copy.deepcopy(tiny_spec_dict)
+    # 300 chars -> 240 train tokens, stride 8: 28 windows = 7 steps per epoch; 2 epochs = 14 steps
+    d["data"].update(max_chars=300, stride=8)
+    d["model"]["dropout"] = 0.1  # dropout draws from the global RNG, so the RNG state must be restored too
+    d["train"] = {
+        "epochs": 2,
+        "batch_size": 4,
+        "optimizer": {"name": "adamw", "lr": 3.0e-3, "weight_decay": 0.01},
+        "schedule": {"name": "warmup_cosine", "warmup_steps": 3, "min_lr": 1.0e-4},
+        "clip_grad_norm": 0.5,
+        "eval": {"every_steps": 3, "batches": 2},
+        "device": "cpu",
+    }
+    return d
+
+
+class _InterruptAt:
+    """Stop the run (as a signal would) at the evaluation after ``step`` updates; the trainer then saves last.pt."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __call__(self, event):
+        if isinstance(event, EvalEnd) and event.step == self.step:
+            raise StopTraining("interrupted")
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_spec_dict):
+    spec = _resume_spec(tiny_spec_dict)
+
+    full_steps, full_epochs = _Collect(), _Collect(EpochEnd)
+    full = _build(spec, tmp_path / "full", [full_steps, full_epochs])
+    assert full.total_steps == 14 and full.steps_per_epoch == 7
+    full_result = full.fit()
+    assert full_result.stop_reason == "completed" and full_result.steps == 14
+
+    first_steps = _Collect()
+    first = _build(spec, tmp_path / "run", [first_steps, _InterruptAt(9)])
+    first_result = first.fit()
+    assert first_result.stop_reason == "interrupted" and first_result.steps == 9
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+    # a fresh process would build everything again (a different init proves the checkpoint overrides it)
+    torch.manual_seed(12345)
+    torch.rand(100)
+    second_steps, second_epochs = _Collect(), _Collect(EpochEnd)
+    second = _build(spec, tmp_path / "run", [second_steps, second_epochs], init_seed=999)
+    second.load(tmp_path / "run" / "last.pt")
+    assert second.step == 9 and second.epoch == 1
+    second_result = second.fit()
+    assert second_result.stop_reason == "completed" and second_result.steps == 14
+
+    full_losses = [e.loss for e in full_steps.events]
+    resumed_losses = [e.loss for e in first_steps.events] + [e.loss for e in second_steps.events]
+    assert [e.step for e in second_steps.events] == list(range(9, 14))
+    assert resumed_losses == full_losses  # bit-identical, not approximately equal
+    assert [e.grad_norm for e in second_steps.events] == [e.grad_norm for e in full_steps.events[9:]]
+    assert [e.lr for e in second_steps.events] == [e.lr for e in full_steps.events[9:]]
+    # the epoch-mean loss of the interrupted epoch includes the steps before the interruption
+    assert second_epochs.events[-1].train_loss == full_epochs.events[-1].train_loss
+    assert second_result.last_eval == full_result.last_eval
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -335,6 +335,8 @@ class SweepSpec(_Model):
             if isinstance(space, list):
                 if not space:
                     raise _at(f"params.{path}", "an empty grid: give at least one value")
+                if len({repr(v) for v in space}) != len(space):
+                    raise _at(f"params.{path}", f"duplicate grid values in {space}")
             elif self.sampler == "grid" and space.choices is None:
                 raise _at(f"params.{path}", "the grid sampler needs a list of values or choices, not a range")
         return self
@@ -649,7 +651,7 @@ def spec_from_dict(raw: Any, *, file: str | None = None, check_data: bool = True
     if issues:
         raise SpecError(issues)
     if spec.sweep is not None:
-        issues.extend(_check_sweep_values(spec, raw, file=file))
+        issues.extend(_check_sweep_values(spec, raw, file=file, check=check_data))
     if check_data and not issues:
         from harness._corpus import check_data as _check_data
 
@@ -659,7 +661,7 @@ def spec_from_dict(raw: Any, *, file: str | None = None, check_data: bool = True
     return spec
 
 
-def _check_sweep_values(spec: Spec, raw: dict[str, Any], *, file: str | None) -> list[Issue]:
+def _check_sweep_values(spec: Spec, raw: dict[str, Any], *, file: str | None, check: bool) -> list[Issue]:
     """Every value a sampler can pick must make a valid run spec: check each grid value and range endpoint."""
     assert spec.sweep is not None
     issues: list[Issue] = []
@@ -670,10 +672,15 @@ def _check_sweep_values(spec: Spec, raw: dict[str, Any], *, file: str | None) ->
             trial = copy.deepcopy(base)
             set_path(trial, path, value)
             try:
-                Spec.model_validate(trial)
+                trial_spec = Spec.model_validate(trial)
             except ValidationError as exc:
-                for issue in _issues_from(exc, file):
-                    issues.append(Issue(file, f"sweep.params.{path}", f"value {value!r} makes an invalid run: {issue.path}: {issue.message}"))
+                found = _issues_from(exc, file)
+            else:
+                from harness._corpus import check_data
+
+                found = check_data(trial_spec, file=file) if check else []
+            for issue in found:
+                issues.append(Issue(file, f"sweep.params.{path}", f"value {value!r} makes an invalid run: {issue.path}: {issue.message}"))
     return issues
 
 
@@ -739,8 +746,13 @@ def schema_markdown() -> str:
         text = str(annotation).replace("typing.", "").replace("harness._spec.", "")
         text = re.sub(r"<class '([^']+)'>", r"\1", text)
         text = text.replace("builtins_int", "int").replace("builtins_float", "float").replace("NoneType", "null")
-        text = re.sub(r"Annotated\[([a-z]+), [^\]]*\]\]?", r"\1", text)
-        return text.replace("|", "\\|")
+        if text.startswith("tuple["):
+            return "[float, float]"
+        if text.startswith("dict[str, Union[list"):
+            return "path → list or range"
+        text = re.sub(r"Literal\[([^\]]*)\]", lambda m: " | ".join(v.strip().strip("'") for v in m.group(1).split(",")), text)
+        text = re.sub(r"Union\[(.*)\]", lambda m: " | ".join(v.strip() for v in m.group(1).split(",")), text)
+        return text.replace("None", "null").replace("|", "\\|")
 
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
 

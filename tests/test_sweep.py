@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -232,4 +231,3 @@ def test_grid_values_are_checked_up_front(work):
     raw = base_spec(work, sampler="tpe", n_trials=2, params={"train.optimizer.lr": {"float": [0.0, 1e-2], "log": True}})
     with pytest.raises(SpecError, match="log range needs low > 0"):
         spec_from_dict(raw)
-    del copy

@@ -88,8 +88,22 @@ class _MetricLogger:
         self.clipped = 0
         self.epoch_losses: list[float] = []
         self.initial_loss: float | None = None
+        self.offline_error: str | None = None
 
     def __call__(self, event: Any) -> None:
+        from harness._trainer import StopTraining
+        from harness._tracking import TrackingError
+
+        try:
+            self._log(event)
+        except TrackingError as exc:
+            # The store went away and stayed away through the retries: stop cleanly. The trainer checkpoints,
+            # the job spills the unwritten metrics next to the checkpoint, and `harness resume` logs them later.
+            self.offline_error = str(exc)
+            self.tracker.offline = True  # from now on metrics only accumulate in the buffer
+            raise StopTraining("failed", f"tracking store unreachable: {exc}") from None
+
+    def _log(self, event: Any) -> None:
         from harness._trainer import CheckpointSaved, EpochEnd, EvalEnd, StepEnd
 
         t = self.tracker
@@ -104,6 +118,7 @@ class _MetricLogger:
                 t.log_metric("tokens_per_sec", event.tokens_per_sec, event.step)
                 self.grad_norms.append(event.grad_norm)
                 self.clipped += int(event.clipped)
+            t.maybe_flush()
         elif isinstance(event, EvalEnd):
             t.log_metrics(event.metrics, event.step)
             t.flush()
@@ -200,6 +215,8 @@ def _finish(spec: Spec, tracker: MlflowTracker, built: _Built, result: Any, *, r
     trainer = built.trainer
     stop = result.stop_reason
     status = STATUS_FOR.get(stop, "FAILED")
+    if built.logger.offline_error is not None:
+        return _finish_offline(spec, tracker, built, result, resumed_from=resumed_from)
     tracker.flush()
     summary: dict[str, float] = {"summary/steps": float(result.steps), "summary/wall_time_s": result.wall_time_s}
     if result.best_metric is not None:
@@ -274,6 +291,20 @@ def _finish(spec: Spec, tracker: MlflowTracker, built: _Built, result: Any, *, r
     )
 
 
+def _finish_offline(spec: Spec, tracker: MlflowTracker, built: _Built, result: Any, *, resumed_from: str | None) -> RunOutcome:
+    """The store is unreachable: keep what could not be written next to the checkpoint and say how to go on."""
+    # The run stays RUNNING in the unreachable store; the next harness command there marks it crashed (dead pid).
+    pending = tracker.spill(built.trainer.checkpoint_dir)
+    message = (f"{result.message}; stopped at step {result.steps} with a checkpoint in {built.trainer.checkpoint_dir}"
+               f" and {pending} unwritten metric points saved beside it; when the store is back, run: harness resume {tracker.run_id}")
+    return RunOutcome(
+        run_id=tracker.run_id, experiment=spec.experiment, experiment_id=tracker.experiment_id, tracking_uri=tracking_uri(),
+        status="FAILED", stop_reason="failed", steps=result.steps, epochs=result.epochs, wall_time_s=result.wall_time_s,
+        message=message, best_metric=result.best_metric, best_step=result.best_step, watch=built.trainer.watch,
+        final=dict(result.last_eval), facts=dict(built.facts), resumed_from=resumed_from,
+    )
+
+
 def _runtime_tags(device: Any) -> dict[str, str]:
     import torch
 
@@ -338,6 +369,7 @@ def run(
     resolve_device(spec.train.device)  # fail before a run exists
     prepare(spec.data)
     client = MlflowTracker.client_for(uri)
+    reap_stale_runs(client)
     tracker = MlflowTracker.start(
         client,
         experiment=spec.experiment,
@@ -391,6 +423,29 @@ def run_is_live(run: Any) -> bool:
     return pid_alive(int(pid))
 
 
+def reap_stale_runs(client: Any) -> list[str]:
+    """Runs still RUNNING whose harness process on this host is gone (kill -9, power loss) become FAILED with
+    stop_reason=crashed. Returns their ids. Runs of other hosts are left alone."""
+    host = socket.gethostname()
+    try:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+        if not exp_ids:
+            return []
+        running = client.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    except Exception:
+        return []
+    reaped = []
+    for r in running:
+        tags = r.data.tags
+        pid = tags.get("harness.pid")
+        if tags.get("harness.host") != host or not pid or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        client.set_tag(r.info.run_id, "stop_reason", "crashed")
+        client.set_terminated(r.info.run_id, status="FAILED")
+        reaped.append(r.info.run_id)
+    return reaped
+
+
 def load_run_spec(tracker: MlflowTracker, tmp: Path) -> Spec:
     import yaml
 
@@ -410,9 +465,11 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
     check_store(uri)
     client = MlflowTracker.client_for(uri)
     try:
-        run_info = client.get_run(run_id)
+        client.get_run(run_id)
     except Exception:
         raise UsageError(f"no run with id '{run_id}' in the tracking store {uri}") from None
+    reap_stale_runs(client)
+    run_info = client.get_run(run_id)
     stop = run_info.data.tags.get("stop_reason")
     if run_info.info.status == "FINISHED" and not allow_finished:
         raise UsageError(f"run {run_id} already finished (stop_reason={stop}); there is nothing to resume")
@@ -427,12 +484,13 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
         if progress is not None and hasattr(progress, "bind"):
             progress.bind(run_id)
         ckpt_dir = built.trainer.checkpoint_dir
-        if tracker.local_artifacts is None:
-            for name in ("last.pt",):
-                try:
-                    tracker.download(f"checkpoints/{name}", ckpt_dir.parent)
-                except Exception:
-                    pass
+        if tracker.local_artifacts is None and not resume_candidates(ckpt_dir):
+            # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
+            with contextlib.suppress(Exception):
+                tracker.download("checkpoints/last.pt", ckpt_dir.parent)
+        replayed = tracker.replay_pending(ckpt_dir)
+        if replayed:
+            print(f"logged {replayed} metric points that could not be written before the run stopped")
         problems: list[str] = []
         loaded: Path | None = None
         for cand in resume_candidates(ckpt_dir):

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["grad_norm", "loss_curve", "lr_schedule", "objective_vs_param", "overlay"]
+__all__ = ["grad_norm", "loss_curve", "lr_schedule", "objective_panels", "objective_vs_param", "overlay", "overlay_panels"]
 
 Curve = tuple[Sequence[float], Sequence[float]]
 
@@ -113,4 +113,69 @@ def objective_vs_param(xs: Sequence[Any], ys: Sequence[float], path: Path, *, pa
     ax.set_ylabel(objective)
     ax.set_title(f"{objective} vs {param}")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def overlay_panels(panels: Mapping[str, Mapping[str, Curve]], path: Path, *, title: str = "") -> Path:
+    """One panel per metric (``panels[metric][run label] = (steps, values)``), one line per run, the same colour for a
+    run in every panel and one shared legend of run names."""
+    plt = _plt()
+    keys = [k for k in panels if any(len(c[0]) for c in panels[k].values())] or list(panels)[:1]
+    n = max(len(keys), 1)
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), squeeze=False)
+    labels: list[str] = []
+    for k in keys:
+        labels += [lab for lab in panels[k] if lab not in labels]
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    handles: dict[str, Any] = {}
+    for ax, key in zip(axes[0], keys):
+        values: list[float] = []
+        for label, (steps, vals) in panels[key].items():
+            if len(steps):
+                marker = "." if len(steps) <= 30 else None
+                (line,) = ax.plot(steps, vals, lw=1.2, marker=marker, color=colours[label], label=label)
+                handles.setdefault(label, line)
+                values += list(vals)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key + (" (nats)" if "loss" in key else ""))
+        _maybe_log(ax, values)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = (len(handles) + 3) // 4
+    fig.tight_layout(rect=(0, min(0.06 * rows + 0.02, 0.4), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def objective_panels(points: Mapping[str, Sequence[Any]], ys: Sequence[float], path: Path, *, objective: str,
+                     log_x: Mapping[str, bool] | None = None, labels: Sequence[str] | None = None) -> Path:
+    """A sweep's objective against each swept param: one panel per param (``points[param]`` are the x values, in the
+    order of ``ys``), a log x axis where ``log_x[param]``, each point labelled (e.g. with its trial number)."""
+    plt = _plt()
+    params = list(points)
+    n = max(len(params), 1)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.2), squeeze=False, sharey=True)
+    for ax, param in zip(axes[0], params):
+        xs = list(points[param])
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        pos = xs if numeric else [str(x) for x in xs]
+        ax.scatter(pos, ys, s=36)
+        if labels:
+            for x, y, lab in zip(pos, ys, labels):
+                ax.annotate(lab, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        log = bool(numeric and (log_x or {}).get(param))
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(param + (" (log scale)" if log else ""))
+        ax.set_title(f"{objective} vs {param}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(objective)
+    _maybe_log(axes[0][0], list(ys))
     return _save(fig, path)

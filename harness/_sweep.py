@@ -498,6 +498,8 @@ def _parent_run(spec: Spec, study: Any, ctx_uri: str, study_name: str, storage_u
             if run.info.lifecycle_stage != "deleted":
                 if run.info.status != "RUNNING":
                     client.update_run(existing, status="RUNNING")
+                client.set_tag(existing, "harness.pid", str(os.getpid()))
+                client.set_tag(existing, "harness.host", socket.gethostname())
                 return existing
         except Exception:
             pass
@@ -506,7 +508,7 @@ def _parent_run(spec: Spec, study: Any, ctx_uri: str, study_name: str, storage_u
         experiment=spec.experiment,
         run_name=f"{spec.name}-sweep",
         tags={**spec.tracking.tags, "harness.role": "sweep", "harness.study": study_name, "harness.spec_name": spec.name,
-              "harness.storage": storage_url},
+              "harness.storage": storage_url, "harness.pid": str(os.getpid()), "harness.host": socket.gethostname()},
     )
     from harness._spec import flatten
 
@@ -556,6 +558,10 @@ def run_sweep(
     direction = sw.objective.direction
     storage = _storage(storage_url)
     lock = _local_lock_path(storage_url, name)
+    from harness._job import reap_stale_runs
+    from harness._tracking import MlflowTracker
+
+    reap_stale_runs(MlflowTracker.client_for(uri))
     with _file_lock(lock):
         if fresh:
             with contextlib.suppress(KeyError):

@@ -7,6 +7,7 @@ key, so a replayed stretch of steps (bit-identical values) appears exactly once 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "MlflowTracker", "Tracker", "TrackingError", 
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 _PARAM_LIMIT = 6000
+PENDING = "pending_metrics.jsonl"
 
 
 class TrackingError(HarnessError):
@@ -96,8 +98,9 @@ class MlflowTracker:
         self.run_id = run_id
         self.flush_every = flush_every
         self.retries = retries if retries is not None else int(os.environ.get("HARNESS_TRACKING_RETRIES", "5"))
-        self.backoff_s = backoff_s
+        self.backoff_s = float(os.environ.get("HARNESS_TRACKING_BACKOFF", backoff_s))
         self._buffer: list[Any] = []
+        self.offline = False  # set when the store stayed unreachable: stop talking to it, keep buffering
         self._skip: dict[str, int] = {}
         run = client.get_run(run_id)
         self.experiment_id = run.info.experiment_id
@@ -176,14 +179,55 @@ class MlflowTracker:
         if step <= self._skip.get(key, -1):
             return
         self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+
+    def maybe_flush(self) -> None:
+        """Flush once enough points are buffered (call between events, so an event's points go together)."""
         if len(self._buffer) >= self.flush_every:
             self.flush()
+
+    def spill(self, folder: Path) -> int:
+        """Write the unflushed metrics to ``folder/pending_metrics.jsonl`` (appending); returns how many."""
+        if not self._buffer:
+            return 0
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / PENDING, "a", encoding="utf-8") as fh:
+            for m in self._buffer:
+                fh.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        n = len(self._buffer)
+        self._buffer.clear()
+        return n
+
+    def replay_pending(self, folder: Path) -> int:
+        """Log metrics a previous session could not write (see spill), then remove the file. Returns how many."""
+        from mlflow.entities import Metric
+
+        path = folder / PENDING
+        if not path.is_file():
+            return 0
+        n = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash mid-write
+            if d["step"] > self._skip.get(d["key"], -1):
+                self._buffer.append(Metric(d["key"], float(d["value"]), int(d["timestamp"]), int(d["step"])))
+                n += 1
+        self.flush()
+        path.unlink()
+        return n
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for k, v in metrics.items():
             self.log_metric(k, v, step)
 
     def flush(self) -> None:
+        if self.offline:
+            return
         while self._buffer:
             chunk = self._buffer[:1000]
             self._retry("write metrics", self.client.log_batch, self.run_id, metrics=chunk)
@@ -193,12 +237,16 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
+        if self.offline:
+            return
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         if items:
             self._retry("set tags", self.client.log_batch, self.run_id, tags=items)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file, unless it already lives in this run's local artifact folder."""
+        if self.offline:
+            return
         if self.local_artifacts is not None:
             dest = self.local_artifacts / (artifact_path or "") / Path(path).name
             if Path(path).resolve() == dest.resolve():

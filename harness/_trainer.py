@@ -391,25 +391,32 @@ class Trainer:
                     loss.backward()
                     norm = torch.nn.utils.clip_grad_norm_(params, max_norm=clip if clip is not None else float("inf"))
                     norm_value = norm.item()
+                    if not math.isfinite(norm_value):  # do not apply a non-finite update
+                        self._emit(StepEnd(step=self.step, epoch=self.epoch, loss=loss_value, lr=lr, grad_norm=norm_value,
+                                           clipped=False, tokens_per_sec=0.0))
+                        stop, message = "diverged", f"gradient norm became {norm_value} at step {self.step}"
+                        break
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
+                    # Finish all bookkeeping for this step before telling anyone: a callback may stop the run (or the
+                    # process may die) during the events, and a checkpoint taken then must describe a whole step.
+                    self.step += 1
                     self.last_train_loss = loss_value
                     self.epoch_loss_sum += loss_value
                     self.epoch_loss_n += 1
-                    dt = time.perf_counter() - t_step
-                    self._emit(StepEnd(step=self.step, epoch=self.epoch, loss=loss_value, lr=lr, grad_norm=norm_value,
-                                       clipped=clip is not None and norm_value > clip, tokens_per_sec=tokens_per_batch / max(dt, 1e-9)))
-                    self.step += 1
-                    _faults.point("step")
-                    if not math.isfinite(norm_value):
-                        stop, message = "diverged", f"gradient norm became {norm_value} at step {self.step - 1}"
-                        break
+                    epoch_mean = None
                     if epoch_end and self.spec.epochs is not None:
                         self.epoch += 1
-                        mean = self.epoch_loss_sum / max(self.epoch_loss_n, 1)
+                        epoch_mean = self.epoch_loss_sum / max(self.epoch_loss_n, 1)
                         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
-                        self._emit(EpochEnd(step=self.step, epoch=self.epoch, train_loss=mean))
+                    dt = time.perf_counter() - t_step
+                    self._emit(StepEnd(step=self.step - 1, epoch=self.epoch - int(epoch_mean is not None), loss=loss_value, lr=lr,
+                                       grad_norm=norm_value, clipped=clip is not None and norm_value > clip,
+                                       tokens_per_sec=tokens_per_batch / max(dt, 1e-9)))
+                    _faults.point("step")
+                    if epoch_mean is not None:
+                        self._emit(EpochEnd(step=self.step, epoch=self.epoch, train_loss=epoch_mean))
                     due_eval = self._eval_due_after_step() or (
                         epoch_end and self.eval_every_epochs is not None and self.epoch % self.eval_every_epochs == 0
                     )
@@ -424,7 +431,7 @@ class Trainer:
                     self._do_eval()  # always end with an evaluation of the final weights
             except StopTraining as req:
                 stop, message = req.reason, req.message
-            if stop in ("interrupted", "pruned"):
+            if stop in ("interrupted", "pruned", "failed"):
                 self._save(LAST, "last")
         es = self.spec.early_stopping
         if stop == "early_stopped" and es is not None and es.restore_best and (self.checkpoint_dir / BEST).is_file():

@@ -17,6 +17,7 @@ and checks that all three return the same points.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -32,7 +33,7 @@ METRICS = ("train/loss", "val/loss")
 def build_store(folder: Path, n_runs: int, n_steps: int) -> tuple[str, str]:
     """Create the store; returns (tracking uri, parent run id)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     (folder / "mlruns").mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of each method (median reported)")
-    ap.add_argument("--keep", type=Path, help="build the store in this folder and keep it (default: a temp folder)")
+    ap.add_argument("--keep", type=Path, help="build the store in this folder and keep it; a later run with the same --keep "
+                    "and shape reuses it (default: a temp folder, deleted)")
     args = ap.parse_args()
 
     from harness import results
@@ -107,15 +109,21 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-history-")
         folder = Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "mlruns").exists():
-        raise SystemExit(f"{folder} already holds an mlruns store; pass an empty folder to --keep")
     os.chdir(folder)
-    t = time.perf_counter()
-    uri, pid = build_store(folder, args.runs, args.steps)
-    build_s = time.perf_counter() - t
+    marker = folder / "bench_store.json"
     n_points = args.runs * args.steps * len(METRICS)
-    print(f"store: {args.runs} runs x {args.steps} steps x {len(METRICS)} metrics = {n_points:,} points "
-          f"(written with log_batch in {build_s:.1f} s) at {uri}")
+    if marker.is_file() and json.loads(marker.read_text())["shape"] == [args.runs, args.steps]:
+        uri, pid = (json.loads(marker.read_text())[k] for k in ("uri", "parent"))
+        print(f"store: reusing {uri} ({args.runs} runs x {args.steps} steps x {len(METRICS)} metrics = {n_points:,} points)")
+    else:
+        if (folder / "mlruns").exists():
+            raise SystemExit(f"{folder} holds another mlruns store; pass an empty folder to --keep")
+        t = time.perf_counter()
+        uri, pid = build_store(folder, args.runs, args.steps)
+        build_s = time.perf_counter() - t
+        marker.write_text(json.dumps({"shape": [args.runs, args.steps], "uri": uri, "parent": pid}))
+        print(f"store: {args.runs} runs x {args.steps} steps x {len(METRICS)} metrics = {n_points:,} points "
+              f"(written with log_batch in {build_s:.1f} s) at {uri}")
 
     results.history(pid, metrics=list(METRICS), uri=uri)  # warm up: imports, engine, first connection
     naive(uri, pid)

@@ -54,7 +54,7 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            torch.save(state, _faults.writer(fh, "checkpoint_write"))
             _faults.point("checkpoint_write")
             fh.flush()
             os.fsync(fh.fileno())
@@ -62,16 +62,17 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = 
             os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
+        # Never leave a stray temp file next to the checkpoints, whatever went wrong.
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is untouched") from None
-    except BaseException:
-        # e.g. a state that cannot be pickled: never leave a stray temp file next to the checkpoints
-        tmp.unlink(missing_ok=True)
-        raise
+        # torch.save reports a failed write (disk full, I/O error) as a RuntimeError raised from the OSError.
+        os_error = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc, RuntimeError) else None
+        if isinstance(os_error, OSError):
+            raise CheckpointError(f"cannot write checkpoint {path}: {os_error.strerror or os_error}; the previous checkpoint is untouched") from None
+        raise  # e.g. a state that cannot be pickled: a bug, not the user's disk
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -81,15 +82,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling error"
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data ({first[:200]})") from None
-    except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {msg[:200]})") from None
+    except Exception as exc:  # torch raises many types for damaged files (UnpicklingError, RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{path}: {_load_problem(path, exc)}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a harness checkpoint (no model state)")
     return state
+
+
+def _load_problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a checkpoint that torch.load refused, in one short phrase."""
+    text = str(exc)
+    payload = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and payload:
+        return (f"refused to load: it would import and call {payload.group(1)}, and checkpoints may only hold tensors and plain "
+                "data (loaded with weights_only=True); nothing in it was run")
+    if path.stat().st_size == 0:
+        return "not a readable checkpoint (truncated: the file is empty)"
+    # torch's messages are long: keep the line that says what failed, and its first sentence
+    noise = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(noise)]
+    detail = lines[0].split(". ")[0] if lines else type(exc).__name__
+    return f"not a readable checkpoint (truncated or corrupt: {detail[:200]})"
 
 
 def resume_candidates(folder: Path) -> list[Path]:

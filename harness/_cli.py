@@ -68,11 +68,21 @@ def _exit_code(out: Any) -> int:
 # ----------------------------------------------------------------------------------------------------------- commands
 
 
+def _spec_problems(exc: Any, path: str) -> str:
+    """A SpecError's text with its file in the header (an issue from --set names only the option)."""
+    return exc.render().replace("problems in spec", f"problems in {path}").replace("problem in spec", f"problem in {path}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness._errors import SpecError
     from harness._progress import Progress
     from harness._spec import load_spec
 
-    spec = load_spec(args.spec, args.set)
+    try:
+        spec = load_spec(args.spec, args.set)
+    except SpecError as exc:
+        _print_err(f"error: {_spec_problems(exc, args.spec)}")
+        return exc.exit_code
     if spec.is_sweep:
         from harness._sweep import print_sweep_summary, run_sweep
 
@@ -118,7 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             spec = load_spec(path, args.set)
         except SpecError as exc:
             bad += 1
-            print(exc.render().replace("problems in spec", f"problems in {path}").replace("problem in spec", f"problem in {path}"))
+            print(_spec_problems(exc, path))
             continue
         kind = f"sweep of {spec.sweep.grid_size() if spec.sweep and spec.sweep.sampler == 'grid' else spec.sweep.n_trials} trials" if spec.sweep else "run"
         print(f"ok: {path} ({kind})")

@@ -61,6 +61,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     from harness import results
 
     df = results.runs(args.selector if len(args.selector) > 1 else args.selector[0], include_parents=args.include_parents)
+    if df.empty:
+        print(f"no runs in {' '.join(args.selector)}" + ("" if args.include_parents else " (sweep parent runs are left out; --include-parents)"))
+        return 0
     if args.sort:
         key = _sort_key(df, args.sort)
         df = df.sort_values(key, ascending=not args.desc, na_position="last", kind="stable").reset_index(drop=True)

@@ -78,7 +78,7 @@ def _from_run(run_id: str, last: bool, uri: str | None, tmp: Path) -> _Source:
     from harness._tracking import _local_path
 
     client, uri = R.open_store(uri)
-    run = R._get_run(client, run_id)
+    run = R.get_run(client, run_id)
     if run is None:
         raise UsageError(f"no run with id '{run_id}' in the tracking store {uri}")
     notes: list[str] = []

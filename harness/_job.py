@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness import _faults
 from harness._corpus import Prepared, prepare
 from harness._errors import UsageError
 from harness._spec import Spec, flatten, spec_from_dict, spec_to_dict, spec_to_yaml
@@ -336,9 +338,11 @@ def _guarded(tracker: MlflowTracker, spec: Spec, built: _Built, *, resumed_from:
         tracker.end("KILLED")
         raise
     except CheckpointError as exc:
-        tracker.set_tags({"stop_reason": "failed", "harness.message": str(exc)[:5000]})
+        # e.g. the disk is full: the newest checkpoint on disk is intact, so the run can go on once that is fixed
+        message = f"{exc}; run {tracker.run_id} stopped at step {built.trainer.step}; fix that, then run: harness resume {tracker.run_id}"
+        tracker.set_tags({"stop_reason": "failed", "harness.message": message[:5000]})
         tracker.end("FAILED")
-        raise
+        raise CheckpointError(message) from None
     except BaseException as exc:
         try:
             tracker.set_tags({"stop_reason": "failed", "harness.message": f"{type(exc).__name__}: {exc}"[:5000]})
@@ -358,8 +362,12 @@ def run(
     callbacks: list[Callable[[Any], None]] | None = None,
     on_start: Callable[[str], None] | None = None,
     progress: Any = None,
+    run_id: str | None = None,
 ) -> RunOutcome:
-    """Train ``spec`` as one MLflow run. Checks the store before creating anything."""
+    """Train ``spec`` as one MLflow run. Checks the store before creating anything.
+
+    ``on_start`` hears the run id as soon as the run exists. ``run_id`` adopts a run that was created but never set
+    up (its process died first, see :func:`run_is_set_up`) instead of creating another one."""
     if spec.is_sweep:
         raise UsageError("this spec has a sweep section; run it with harness.sweep.run_sweep (or `harness run`)")
     uri = tracking_uri(uri)
@@ -370,14 +378,19 @@ def run(
     prepare(spec.data)
     client = MlflowTracker.client_for(uri)
     reap_stale_runs(client)
-    tracker = MlflowTracker.start(
-        client,
-        experiment=spec.experiment,
-        run_name=spec.tracking.run_name or spec.name,
-        tags={**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name},
-        parent_run_id=parent_run_id,
-    )
+    # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.
+    run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, "harness.pid": str(os.getpid()),
+                "harness.host": socket.gethostname()}
+    if run_id is not None:
+        tracker = MlflowTracker.attach(client, run_id)
+        tracker.set_tags(run_tags)
+    else:
+        tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=spec.tracking.run_name or spec.name, tags=run_tags,
+                                      parent_run_id=parent_run_id)
     try:
+        if on_start is not None:
+            on_start(tracker.run_id)
+        _faults.point("run_setup")
         if progress is not None and hasattr(progress, "bind"):
             progress.bind(tracker.run_id)
         built = _build(spec, tracker, list(callbacks or []), progress=progress)
@@ -387,8 +400,6 @@ def run(
         tracker.log_params({k: v for k, v in params.items() if not k.startswith("sweep.")})
         tracker.log_text(spec_to_yaml(spec), "spec.yaml")
         tracker.log_text(_tokenizer_json(built.prep), "tokenizer.json")
-        if on_start is not None:
-            on_start(tracker.run_id)
     except BaseException as exc:
         tracker.set_tags({"stop_reason": "failed", "harness.message": f"{type(exc).__name__}: {exc}"[:5000]})
         tracker.end("FAILED")
@@ -446,12 +457,21 @@ def reap_stale_runs(client: Any) -> list[str]:
     return reaped
 
 
+def run_is_set_up(client: Any, run_id: str) -> bool:
+    """Whether the run got as far as storing its spec.yaml: only then can it be resumed."""
+    try:
+        return any(a.path == "spec.yaml" for a in client.list_artifacts(run_id))
+    except Exception:
+        return True  # cannot tell: let resume try, and say what is wrong
+
+
 def load_run_spec(tracker: MlflowTracker, tmp: Path) -> Spec:
     import yaml
 
     path = tracker.download("spec.yaml", tmp)
     if not Path(path).is_file():
-        raise UsageError(f"run {tracker.run_id} has no spec.yaml artifact; it was not made by harness")
+        raise UsageError(f"run {tracker.run_id} has no spec.yaml artifact: it was not made by harness, or its process died while "
+                         "setting it up, before training began; start it again with `harness run`")
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     return spec_from_dict(raw, file=f"run {tracker.run_id}: spec.yaml")
 
@@ -488,6 +508,8 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
             # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
             with contextlib.suppress(Exception):
                 tracker.download("checkpoints/last.pt", ckpt_dir.parent)
+        for stray in ckpt_dir.glob(".*.tmp"):  # temp files of writes that a killed process never finished
+            stray.unlink(missing_ok=True)
         replayed = tracker.replay_pending(ckpt_dir)
         if replayed:
             print(f"logged {replayed} metric points that could not be written before the run stopped")
@@ -507,6 +529,8 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
                 print(f"warning: {p}" + ("; falling back to an earlier checkpoint" if loaded else ""))
         if loaded is None:
             # No usable checkpoint: start over inside the same run; the already-logged steps are skipped.
+            print(f"warning: no usable checkpoint in {ckpt_dir}; starting over from step 0 in the same run"
+                  " (steps already logged are not logged again)")
             _seed_everything(spec.seed)
             built = _build(spec, tracker, list(callbacks or []), progress=progress)
     except BaseException as exc:

@@ -12,6 +12,7 @@ that engine. Any other store (an ``http://`` tracking server, a file store) fall
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import math
 import os
@@ -32,7 +33,7 @@ SQL_BATCH = 500  # run ids per SELECT (well under SQLite's bound-parameter limit
 #: Metrics whose per-run minimum is reported by ``runs()`` as ``best/<key>`` (evaluation metrics: few points each).
 BEST_KEYS = ("val/loss", "train/loss_eval", "train/loss_epoch")
 _FIRST_METRICS = ("val/loss", "train/loss", "train/loss_eval", "train/loss_epoch")
-_NOT_CHANGES = ("tracking.run_name",)
+NOT_CHANGES = ("tracking.run_name",)
 
 
 # ----------------------------------------------------------------------------------------------------------- store
@@ -88,7 +89,7 @@ def _all_experiment_ids(client: Any) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
-def _get_run(client: Any, run_id: str) -> Any | None:
+def get_run(client: Any, run_id: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -130,14 +131,14 @@ def select_runs(client: Any, selector: str | Sequence[str], *, uri: str = "", in
         raise UsageError("empty selector: give an experiment name, run id or study name")
     keep = (lambda r: True) if include_parents else (lambda r: role(r) != "sweep")
     if RUN_ID.match(sel):
-        run = _get_run(client, sel)
+        run = get_run(client, sel)
         if run is not None:
             if role(run) == "sweep":
                 kids = children(client, run)
                 return ([run] if include_parents else []) + kids
             return [run]
     exp = client.get_experiment_by_name(sel)
-    if exp is None and sel.isdigit():
+    if exp is None and sel.isdigit() and not RUN_ID.match(sel):
         from mlflow.exceptions import MlflowException
 
         try:
@@ -258,7 +259,7 @@ def typed_series(values: Sequence[Any], index: Any = None, *, hint: type | None 
     return pd.Series(list(values), index=index, dtype=object)
 
 
-def _hashable(v: Any) -> str:
+def hashable(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
@@ -272,9 +273,9 @@ def changed_params(param_rows: Sequence[dict[str, Any]], swept: Iterable[str] = 
                 keys.append(k)
     out = [k for k in swept if k in keys]
     for k in keys:
-        if k in out or k in _NOT_CHANGES or k.startswith("derived."):
+        if k in out or k in NOT_CHANGES or k.startswith("derived."):
             continue
-        if len({_hashable(row.get(k)) for row in param_rows}) > 1:
+        if len({hashable(row.get(k)) for row in param_rows}) > 1:
             out.append(k)
     return out
 
@@ -302,7 +303,7 @@ def swept_params(client: Any, runs: Sequence[Any]) -> list[str]:
     out: list[str] = []
     parents = sorted({r.data.tags.get("mlflow.parentRunId") for r in runs} - {None})  # type: ignore[type-var]
     for pid in parents:
-        parent = _get_run(client, pid)  # type: ignore[arg-type]
+        parent = get_run(client, pid)  # type: ignore[arg-type]
         if parent is not None:
             out += [k for k in sweep_space(parent) if k not in out]
     return out
@@ -325,62 +326,88 @@ def load_metrics(client: Any, run_ids: Sequence[str], keys: Sequence[str] | None
     """Metric points of ``run_ids`` as a long DataFrame (run_id, metric, step, value, timestamp), sorted by run (in the
     given order), metric, step and timestamp. ``keys=None`` loads every metric. One SELECT per batch of runs on a SQL
     store; otherwise (or with ``bulk=False``) one ``get_metric_history`` call per run per metric."""
+    import numpy as np
     import pandas as pd
 
     run_ids = list(dict.fromkeys(run_ids))
     if not run_ids or (keys is not None and not keys):
         return _empty_history()
     store = sql_store(client) if bulk else None
-    df = None
-    if store is not None:
-        try:
-            df = _load_sql(store, run_ids, keys)
-        except Exception:  # an unexpected schema or driver: the per-run API still works
-            df = None
-    if df is None:
-        df = _load_per_run(client, run_ids, keys)
-    if df.empty:
-        return _empty_history()
-    order = {r: i for i, r in enumerate(run_ids)}
-    df["_o"] = df["run_id"].map(order)
-    df = df.sort_values(["_o", "metric", "step", "timestamp"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    df["run_id"] = df["run_id"].astype(str)
-    df["metric"] = df["metric"].astype(str)
-    df["step"] = df["step"].astype("int64")
-    df["timestamp"] = df["timestamp"].astype("int64")
-    df["value"] = df["value"].astype("float64")
-    return df[HISTORY_COLUMNS]
+    rows = None
+    # Hundreds of thousands of small tuples would trigger many full garbage collections (none of them cyclic).
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        if store is not None:
+            try:
+                rows = _load_sql(store, run_ids, keys)
+            except Exception:  # an unexpected schema or driver: the per-run API still works
+                rows = None
+        if rows is None:
+            rows = _load_per_run(client, run_ids, keys)
+        if not rows:
+            return _empty_history()
+        run_col, metric_col, step_col, value_col, ts_col, nan_col = zip(*rows)
+        del rows
+    finally:
+        if gc_was_on:
+            gc.enable()
+    position = {r: i for i, r in enumerate(run_ids)}
+    run_code = np.fromiter((position[r] for r in run_col), dtype=np.int64, count=len(run_col))
+    metric_names = sorted(set(metric_col))
+    mpos = {m: i for i, m in enumerate(metric_names)}
+    metric_code = np.fromiter((mpos[m] for m in metric_col), dtype=np.int64, count=len(metric_col))
+    step = np.asarray(step_col, dtype=np.int64)
+    ts = np.asarray(ts_col, dtype=np.int64)
+    value = np.asarray(value_col, dtype=np.float64)
+    nan = np.asarray(nan_col, dtype=bool)
+    if nan.any():  # a SQL store keeps NaN as 0 with is_nan set
+        value[nan] = np.nan
+    order = np.lexsort((ts, step, metric_code, run_code))
+    run_arr, metric_arr = np.asarray(run_ids, dtype=object), np.asarray(metric_names, dtype=object)
+    return pd.DataFrame({
+        "run_id": pd.Series(run_arr[run_code[order]]).astype(str),
+        "metric": pd.Series(metric_arr[metric_code[order]]).astype(str),
+        "step": step[order],
+        "value": value[order],
+        "timestamp": ts[order],
+    })
 
 
-def _load_sql(store: Any, run_ids: list[str], keys: Sequence[str] | None) -> Any:
-    import numpy as np
-    import pandas as pd
+def _load_sql(store: Any, run_ids: list[str], keys: Sequence[str] | None) -> list[tuple[Any, ...]]:
+    """One SELECT on MLflow's ``metrics`` table per batch of runs, through the store's own engine; rows are
+    (run_id, key, step, value, timestamp, is_nan).
+
+    The statement is built from MLflow's ORM table (``SqlMetric.__table__``), compiled for the store's dialect with the
+    run ids and keys rendered as escaped literals, and run on the DB-API cursor: plain tuples load about 3x faster
+    than SQLAlchemy ``Row`` objects for a few hundred thousand points.
+    """
     from mlflow.store.tracking.dbmodels.models import SqlMetric
     from sqlalchemy import select
 
     t = SqlMetric.__table__
-    frames = []
+    out: list[tuple[Any, ...]] = []
     with store.engine.connect() as conn:
         for i in range(0, len(run_ids), SQL_BATCH):
             batch = run_ids[i : i + SQL_BATCH]
             q = select(t.c.run_uuid, t.c.key, t.c.step, t.c.value, t.c.timestamp, t.c.is_nan).where(t.c.run_uuid.in_(batch))
             if keys is not None:
                 q = q.where(t.c.key.in_(list(keys)))
-            rows = conn.execute(q).all()
-            if rows:
-                frames.append(pd.DataFrame.from_records(rows, columns=["run_id", "metric", "step", "value", "timestamp", "is_nan"]))
-    if not frames:
-        return pd.DataFrame(columns=HISTORY_COLUMNS)
-    df = pd.concat(frames, ignore_index=True)
-    nan = df.pop("is_nan").astype(bool).to_numpy()
-    if nan.any():  # MLflow stores NaN as value 0 with is_nan set
-        df.loc[nan, "value"] = np.nan
-    return df
+            try:
+                sql = str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            except Exception:  # a dialect that cannot render literals: SQLAlchemy's own execution
+                out.extend(tuple(r) for r in conn.execute(q).all())
+                continue
+            cur = conn.connection.cursor()
+            try:
+                cur.execute(sql)
+                out.extend(cur.fetchall())
+            finally:
+                cur.close()
+    return out
 
 
-def _load_per_run(client: Any, run_ids: list[str], keys: Sequence[str] | None) -> Any:
-    import pandas as pd
-
+def _load_per_run(client: Any, run_ids: list[str], keys: Sequence[str] | None) -> list[tuple[Any, ...]]:
     pairs: list[tuple[str, str]] = []
     for rid in run_ids:
         if keys is None:
@@ -389,9 +416,9 @@ def _load_per_run(client: Any, run_ids: list[str], keys: Sequence[str] | None) -
         else:
             pairs += [(rid, k) for k in keys]
 
-    def fetch(pair: tuple[str, str]) -> list[tuple[str, str, int, float, int]]:
+    def fetch(pair: tuple[str, str]) -> list[tuple[Any, ...]]:
         rid, key = pair
-        return [(rid, key, m.step, m.value, m.timestamp) for m in client.get_metric_history(rid, key)]
+        return [(rid, key, m.step, m.value, m.timestamp, False) for m in client.get_metric_history(rid, key)]
 
     uri = str(getattr(client, "tracking_uri", "") or "")
     if uri.startswith(("http://", "https://")) and len(pairs) > 1:
@@ -401,8 +428,7 @@ def _load_per_run(client: Any, run_ids: list[str], keys: Sequence[str] | None) -
             chunks = list(ex.map(fetch, pairs))
     else:
         chunks = [fetch(p) for p in pairs]
-    rows = [row for chunk in chunks for row in chunk]
-    return pd.DataFrame.from_records(rows, columns=HISTORY_COLUMNS)
+    return [row for chunk in chunks for row in chunk]
 
 
 def best_by_run(hist: Any) -> dict[tuple[str, str], tuple[float, int]]:
@@ -492,7 +518,7 @@ def resolve_study(target: str, *, storage: str | None = None, uri: str | None = 
         try:
             client, _ = open_store(uri)
             if RUN_ID.match(name):
-                run = _get_run(client, name)
+                run = get_run(client, name)
                 if run is not None and role(run) == "sweep":
                     parent_id = run.info.run_id
                     name = run.data.tags.get("harness.study", name)

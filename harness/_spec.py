@@ -502,9 +502,38 @@ def read_yaml(path: str | Path) -> Any:
     return parse_yaml(text, file=name)
 
 
+def _duplicate_keys(node: Any, path: str = "", seen: set[int] | None = None) -> list[tuple[str, Any]]:
+    """(dotted path, mark) of every key that appears twice in one mapping. YAML keeps the last silently."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias to a node already walked (aliases may even be recursive)
+        return []
+    seen.add(id(node))
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            sub = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in keys:
+                    out.append((sub, key_node.start_mark))
+                keys.add(key)
+            out += _duplicate_keys(value_node, sub, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            out += _duplicate_keys(item, path, seen)
+    return out
+
+
 def parse_yaml(text: str, *, file: str | None) -> Any:
+    loader = _SafeLoader(text)
     try:
-        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a SafeLoader
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if node is not None else []
+        if duplicates:
+            raise SpecError([Issue(file, path, f"duplicate key (line {mark.line + 1}); YAML would silently keep only the last one")
+                             for path, mark in duplicates])
+        return loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -514,6 +543,8 @@ def parse_yaml(text: str, *, file: str | None) -> Any:
         raise SpecError([Issue(file, "", f"invalid YAML{where}: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Issue(file, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
 
 
 # ----------------------------------------------------------------------------------------------------------- overrides
@@ -613,13 +644,20 @@ def _issues_from(exc: ValidationError, file: str | None) -> list[Issue]:
     seen = set()
     for err in exc.errors():
         path = _loc_to_path(err["loc"])
+        swept = path.startswith("sweep.params.")
+        if swept and err["type"] == "list_type" and isinstance(err.get("input"), dict):
+            continue  # a mapping under sweep.params is meant as a range: the range's own errors say what is wrong
         msg = _describe(err)
         mark = _FIELD_MARK.match(msg)
         if mark:
             path = f"{path}.{mark.group(1)}" if path else mark.group(1)
             msg = mark.group(2)
         if err["type"] == "extra_forbidden":
-            close = _closest(path, list(field_paths()))
+            if swept:  # a key of a range: choices, int, float, log, step
+                leaf = path.rpartition(".")[2]
+                close = next(iter(difflib.get_close_matches(leaf, list(ParamRange.model_fields), n=1, cutoff=0.6)), None)
+            else:
+                close = _closest(path, list(field_paths()))
             if close:
                 msg += f"; did you mean {close}?"
         key = (path, msg)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness import _faults
 from harness._errors import HarnessError, SpecError, UsageError
 from harness._spec import ParamRange, Spec, set_path, spec_from_dict, spec_to_dict
 
@@ -264,14 +265,17 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any, base: Spec) -> tuple[str, floa
     progress = None if ctx.quiet else Progress(label=label, interactive=False, every_s=15.0)
     callbacks = [_Pruning(trial, sw.objective.metric)]
     resume_id = trial.user_attrs.get("mlflow_run_id")
+    _faults.point("trial_start")
     try:
         if resume_id and _run_status(ctx.tracking_uri, resume_id) == "FINISHED":
             outcome = None  # the run finished before its worker died; only the study was not told
-        elif resume_id:
+        elif resume_id and _job.run_is_set_up(MlflowTracker.client_for(ctx.tracking_uri), resume_id):
             outcome = _job.resume(resume_id, uri=ctx.tracking_uri, callbacks=callbacks, progress=progress, assume_dead=True)
         else:
+            # A new run, or (resume_id) one whose worker died while creating it: adopt that one, never a second run.
             outcome = _job.run(
                 spec,
+                run_id=resume_id,
                 uri=ctx.tracking_uri,
                 parent_run_id=ctx.parent_run_id,
                 tags={"harness.role": "trial", "harness.trial": str(trial.number), "harness.study": ctx.study_name},
@@ -468,6 +472,7 @@ def _worker(ctx: _Ctx) -> int:
                 trial.set_user_attr("stop_reason", "failed")
                 study.tell(trial, state=TrialState.FAIL)
             raise
+        _faults.point("trial_end")
         if state == "COMPLETE":
             study.tell(trial, value)
         else:
@@ -545,16 +550,16 @@ def run_sweep(
     if spec.sweep is None:
         raise UsageError("this spec has no sweep section; run it as a single experiment")
     sw = spec.sweep
-    uri = tracking_uri(uri)
-    check_store(uri)
-    name = study_name or spec.name
-    storage_url = study_storage_url(spec, name)
     n_workers = workers or sw.workers
     if n_workers < 1:
         raise UsageError("--workers must be at least 1")
     total = n_trials or sw.n_trials or (sw.grid_size() if sw.sampler == "grid" else None)
     if total is None:
         raise SpecError([_issue(spec_file, "sweep.n_trials", f"the {sw.sampler} sampler needs n_trials (only a grid has a natural size)")])
+    uri = tracking_uri(uri)
+    check_store(uri)
+    name = study_name or spec.name
+    storage_url = study_storage_url(spec, name)  # creates studies/: only once the inputs are known to be good
     direction = sw.objective.direction
     storage = _storage(storage_url)
     lock = _local_lock_path(storage_url, name)
@@ -676,15 +681,16 @@ def trials_table(study_name: str, storage_url: str, *, uri: str | None = None, o
         best_val = _best(client, run_id, "val/loss") if run_id and "val/loss" in metrics else None
         row["best_val_loss"] = best_val
         row["final_val_loss"] = metrics.get("summary/final_val_loss", metrics.get("val/loss"))
-        row["final_train_loss"] = metrics.get("summary/final_train_loss", metrics.get("train/loss"))
-        row["final_train_loss_epoch"] = metrics.get("train/loss_epoch")
+        # The textbook's "final loss" is the mean training loss of the last epoch; use it when epochs are used.
+        row["final_train_loss"] = metrics.get("train/loss_epoch", metrics.get("summary/final_train_loss", metrics.get("train/loss")))
+        row["final_train_loss_step"] = metrics.get("summary/final_train_loss", metrics.get("train/loss"))
         row["steps"] = int(metrics["summary/steps"]) if "summary/steps" in metrics else None
         row["steps_per_epoch"] = int(params["derived.steps_per_epoch"]) if "derived.steps_per_epoch" in params else None
         row["wall_time_s"] = metrics.get("summary/wall_time_s")
         stop = t.user_attrs.get("stop_reason") or tags.get("stop_reason")
         row["stop_reason"] = stop
         ln_v = float(params["derived.ln_vocab"]) if "derived.ln_vocab" in params else None
-        loss_for_verdict = row["final_train_loss_epoch"] if row["final_train_loss_epoch"] is not None else row["final_train_loss"]
+        loss_for_verdict = row["final_train_loss"]
         if stop == "diverged":
             loss_for_verdict = float("nan")
         row["verdict"] = verdict(loss_for_verdict, ln_v, stop) if (run_id or stop == "diverged") else "-"
@@ -791,7 +797,7 @@ def print_sweep_summary(result: SweepResult) -> None:
     if df.empty:
         print(f"sweep {result.study_name}: no trials")
         return
-    cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_epoch")]
+    cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_step")]
     show = df[cols].copy()
     if "run_id" in show:
         show["run_id"] = show["run_id"].map(lambda r: r[:8] if isinstance(r, str) else "-")

@@ -42,6 +42,8 @@ __all__ = [
     "runs",
     "serve",
     "serve_dashboard",
+    "start",
+    "stop",
     "study",
     "ui_plan",
     "wait_ready",
@@ -65,7 +67,8 @@ def runs(selector: Selector, *, uri: str | None = None, include_parents: bool = 
     key (``val/loss``, ``train/loss``, ``summary/best_val_loss``, ...); with ``best``, ``best/<key>`` and
     ``best_step/<key>`` for the evaluation losses (minimum over the history); then every param under its dotted path
     (``train.optimizer.lr``, ``derived.n_parameters``, ...) with its real dtype: Int64, float64, boolean, or object
-    for strings, lists and None-only columns.
+    for strings and lists; a param that is None in every run takes its type from the spec schema (e.g.
+    ``train.epochs`` is an all-<NA> Int64 column for step-limited runs).
 
     Sweep parent runs (no training metrics) are left out unless ``include_parents``.
     """
@@ -215,18 +218,21 @@ def study(target: str, *, storage: str | None = None, uri: str | None = None) ->
     by_number = {t.number: t for t in trials}
     run_ids = [by_number[n].user_attrs.get("mlflow_run_id") if n in by_number else None for n in df["number"]]
     mlflow_runs: dict[str, Any] = {}
+    wanted = {r for r in run_ids if r}
     try:
-        client, _ = R.open_store(uri)
-        wanted = {r for r in run_ids if r}
-        if wanted:
-            for run in R.select_runs(client, ref.name, include_parents=False) if R._quote_ok(ref.name) else []:
-                mlflow_runs[run.info.run_id] = run
-            for rid in wanted - set(mlflow_runs):
-                run = R._get_run(client, rid)
-                if run is not None:
-                    mlflow_runs[rid] = run
+        client = R.open_store(uri)[0] if wanted else None
     except HarnessError:
-        pass  # no MLflow store here: the study alone still answers
+        client = None  # no MLflow store here: the study alone still answers
+    if client is not None:
+        try:  # one search for the study's runs, then single lookups for any that it missed
+            for run in R.select_runs(client, ref.name):
+                mlflow_runs[run.info.run_id] = run
+        except HarnessError:
+            pass
+        for rid in wanted - set(mlflow_runs):
+            run = R.get_run(client, rid)
+            if run is not None:
+                mlflow_runs[rid] = run
     df["run_id"] = pd.Series(run_ids, dtype=object, index=df.index)
     df["run_name"] = pd.Series([mlflow_runs[r].info.run_name if r in mlflow_runs else None for r in run_ids], dtype=object, index=df.index)
     df["mlflow_status"] = pd.Series([mlflow_runs[r].info.status if r in mlflow_runs else None for r in run_ids], dtype=object, index=df.index)
@@ -275,8 +281,8 @@ def compare(selectors: Selector, *, out: str | Path | None = "compare.png", metr
         raise UsageError(f"compare needs at least two runs; {_fmt_sel(selectors)} selects {len(selected)}")
     df = _runs_frame(client, selected)
     labels = _labels(df)
-    pcols = [c for c in params_of(df) if c not in R._NOT_CHANGES]
-    diff = [c for c in pcols if len({R._hashable(_plain(v)) for v in df[c]}) > 1]
+    pcols = [c for c in params_of(df) if c not in R.NOT_CHANGES]
+    diff = [c for c in pcols if len({R.hashable(_plain(v)) for v in df[c]}) > 1]
     ptable = pd.DataFrame({lab: [_plain(df.at[i, c]) for c in diff] for i, lab in zip(df.index, labels)}, index=pd.Index(diff, name="param"))
     rows = ["status", "stop_reason", "steps", "wall_time_s"]
     allp = set(params_of(df))
@@ -384,7 +390,7 @@ def plot(selector: Selector, kind: str = "loss", *, out: str | Path | None = Non
             curves[lab] = (h["step"].tolist(), h["value"].tolist())
         return _plots.overlay(curves, path, metric=key, title=f"{_fmt_sel(selector)}: {key} per run")
     # objective
-    parent = next((R._get_run(client, p) for p in df["parent_run_id"].dropna().unique()), None)
+    parent = next((R.get_run(client, p) for p in df["parent_run_id"].dropna().unique()), None)
     objective = metric or (parent.data.params.get("sweep.objective.metric") if parent else None) or "val/loss"
     summary = (parent.data.params.get("sweep.objective.summary") if parent else None) or "best"
     col = f"best/{objective}" if summary == "best" and f"best/{objective}" in df else objective
@@ -519,14 +525,33 @@ def stop(proc: subprocess.Popen[Any], *, timeout: float = 15.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=5)
-    try:  # workers that outlived their parent still belong to its group
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    # Workers that outlived their parent still belong to its group: TERM them, then KILL what is left.
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while True:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.1)
 
 
 def serve(plan: ServerPlan, *, on_ready: Callable[[], None] | None = None, ready_timeout: float = 180.0) -> int:
     """Run the planned server in the foreground until it exits or Ctrl-C; returns its exit status (0 after Ctrl-C)."""
+    import signal
+    import threading
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # The server runs in its own session (Ctrl-C in the terminal does not reach it), so whatever ends *this* process
+    # (Ctrl-C, SIGTERM, a closed terminal) must end the server too.
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, _interrupt)
     proc = start(plan)
     try:
         if wait_ready(plan.url, proc, timeout=ready_timeout):
@@ -539,6 +564,8 @@ def serve(plan: ServerPlan, *, on_ready: Callable[[], None] | None = None, ready
         return 0
     finally:
         stop(proc)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @dataclass

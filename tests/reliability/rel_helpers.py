@@ -1,0 +1,260 @@
+"""Helpers shared by the reliability tests (imported by the test modules; pytest does not collect this file).
+
+* ``tiny_spec(corpus, ...)``: a run spec small enough that a process spends its time starting, not training.
+* ``seed_store(tmp)``: copy a ready MLflow SQLite store into ``tmp/mlruns`` (creating one runs ~4 s of migrations).
+* ``killed(argv, cwd, kill_at=...)``: run ``harness <argv>`` in a child process that SIGKILLs itself at a fault point.
+  Children are forked from a forkserver that has already imported harness, torch, MLflow and Optuna, so a kill costs
+  a fork instead of a ~10 s interpreter start. The child is a real process: its pid is recorded, it dies by SIGKILL
+  with no cleanup, and the next command finds it dead.
+* ``harness_cli(args, cwd)``: ``python -m harness ...`` as a subprocess (the real exit code and stderr).
+* ``MlflowServer``: a real ``mlflow server`` on a free loopback port, started, stopped and restarted by pid.
+* ``store(tmp)`` / ``runs`` / ``steps`` / ``study``: read back what MLflow and Optuna hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+# ----------------------------------------------------------------------------------------------------------- specs
+
+
+def tiny_spec(corpus: Path | str, *, name: str = "rel", experiment: str | None = None, max_steps: int = 12, eval_every: int = 4,
+              checkpoint_every: int | None = None, d_model: int = 16, **train: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "seed": 11,
+        "data": {"corpus": str(corpus), "tokenizer": "char", "seq_len": 16, "val_fraction": 0.2},
+        "model": {"d_model": d_model, "n_heads": 2, "n_layers": 1, "d_ff": 2 * d_model, "dropout": 0.1},
+        "train": {"max_steps": max_steps, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 3e-3},
+                  "eval": {"every_steps": eval_every, "batches": 2}, "device": "cpu", "threads": 1, **train},
+        "tracking": {"experiment": experiment or name, "sample_tokens": 0},
+    }
+    if checkpoint_every:
+        spec["train"]["checkpoint"] = {"every_steps": checkpoint_every}
+    return spec
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------- stores
+
+_TEMPLATE: Path | None = None
+
+
+def seed_store(tmp: Path) -> str:
+    """Put a migrated, empty MLflow SQLite store at ``tmp/mlruns/mlflow.db``; returns its tracking URI."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        import tempfile
+
+        from mlflow import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="harness-rel-store-"))
+        MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db").search_experiments()
+        _TEMPLATE = folder / "mlflow.db"
+    (tmp / "mlruns").mkdir(exist_ok=True)
+    shutil.copyfile(_TEMPLATE, tmp / "mlruns" / "mlflow.db")
+    return f"sqlite:///{tmp}/mlruns/mlflow.db"
+
+
+def store(tmp: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db")
+
+
+def runs(client: Any, experiment: str | None = None) -> list[Any]:
+    """Every run (all experiments, or one), oldest first."""
+    exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    ids = [e.experiment_id for e in exps if e is not None]
+    return client.search_runs(ids, max_results=5000, order_by=["attributes.start_time ASC"]) if ids else []
+
+
+def steps(client: Any, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def study(tmp: Path, name: str) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/studies/{name}.db")
+
+
+# ----------------------------------------------------------------------------------------------------------- processes
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a harness child: this one without test knobs, one torch thread, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_") and k != "PYTEST_CURRENT_TEST"}
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    env.update(extra)
+    return env
+
+
+def harness_cli(args: list[str], cwd: Path, *, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=child_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def harness_popen(args: list[str], cwd: Path, log: Path, **env: str) -> subprocess.Popen:
+    fh = open(log, "w")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env=child_env(**env), stdout=fh, stderr=subprocess.STDOUT)
+    finally:
+        fh.close()  # the child holds its own copy of the descriptor
+
+
+_PRELOAD = ["torch", "torch._dynamo", "numpy", "yaml", "pydantic", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna",
+            "matplotlib", "harness._cli", "harness._job", "harness._sweep", "harness._trainer", "harness._model", "harness._data",
+            "harness._plots", "harness._progress", "rel_helpers"]
+_forkserver: Any = None
+
+
+def _killer() -> Any:
+    """The forkserver context, started once per test session with the heavy modules already imported."""
+    global _forkserver
+    if _forkserver is None:
+        from multiprocessing import forkserver
+
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), str(REPO), old) if p)
+        try:
+            forkserver.ensure_running()
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+        _forkserver = ctx
+    return _forkserver
+
+
+def warm_killer() -> None:
+    """Start the forkserver now (its imports then overlap with the caller's own work)."""
+    _killer()
+
+
+def _child(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the forkserver ignores SIGINT; a harness process does not
+    import torch
+
+    torch.set_num_threads(1)
+    from harness._cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def killed(argv: list[str], cwd: Path, *, kill_at: str | None = None, timeout: float = 180, **env: str) -> tuple[int, str]:
+    """Run ``harness <argv>`` in a forked child with ``HARNESS_KILL_AT=kill_at``; returns (exit code, its output).
+    The exit code is -9 when it killed itself."""
+    log = Path(cwd) / f"child-{time.monotonic_ns()}.log"
+    extra = dict(env)
+    if kill_at:
+        extra["HARNESS_KILL_AT"] = kill_at
+    proc = _killer().Process(target=_child, args=(argv, str(cwd), child_env(**extra), str(log)))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        raise AssertionError(f"harness {' '.join(argv)} did not finish in {timeout}s:\n{log.read_text()}")
+    return proc.exitcode, log.read_text() if log.exists() else ""
+
+
+# ----------------------------------------------------------------------------------------------------------- mlflow server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` with a SQLite backend and proxied artifacts in ``folder``, on 127.0.0.1:``port``.
+
+    Started in its own process group so that stopping it (SIGKILL to that group, by the pid we started) also ends the
+    uvicorn worker it spawns."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 150) -> None:
+        self.starts += 1
+        log = open(self.folder / f"server-{self.starts}.log", "w")
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1"]
+        self.proc = subprocess.Popen(cmd, cwd=self.folder, env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.25)
+        self.stop()
+        raise AssertionError(f"mlflow server did not answer /health within {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group we created with start_new_session (pgid == our pid)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.folder.glob("server-*.log")))
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(folder)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_sweep(spec, fresh=args.fresh, study_name=args.study, workers=args.workers, n_trials=args.n_trials,
                            spec_file=args.spec, overrides=args.set or [], quiet=args.quiet)
         print_sweep_summary(result)
-        return 130 if result.interrupted else 0
+        return 128 + (result.signal or signal.SIGINT) if result.interrupted else 0
     from harness._job import run
 
     progress = None if args.quiet else Progress(label=spec.name)

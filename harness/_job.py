@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
@@ -431,6 +430,8 @@ def run_is_live(run: Any) -> bool:
     host, pid = tags.get("harness.host"), tags.get("harness.pid")
     if host != socket.gethostname() or not pid:
         return host is not None and host != socket.gethostname()  # another machine's run: assume live
+    if int(pid) == os.getpid():
+        return False  # this process left it RUNNING (e.g. the store went away) and is not training it now
     return pid_alive(int(pid))
 
 
@@ -504,16 +505,19 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
         if progress is not None and hasattr(progress, "bind"):
             progress.bind(run_id)
         ckpt_dir = built.trainer.checkpoint_dir
+        problems: list[str] = []
         if tracker.local_artifacts is None and not resume_candidates(ckpt_dir):
             # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
-            with contextlib.suppress(Exception):
-                tracker.download("checkpoints/last.pt", ckpt_dir.parent)
+            try:
+                tracker.download("checkpoints/last.pt", ckpt_dir)
+            except Exception as exc:
+                problems.append(f"no checkpoint in {ckpt_dir} and none could be fetched from the tracking server"
+                                f" ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})")
         for stray in ckpt_dir.glob(".*.tmp"):  # temp files of writes that a killed process never finished
             stray.unlink(missing_ok=True)
         replayed = tracker.replay_pending(ckpt_dir)
         if replayed:
             print(f"logged {replayed} metric points that could not be written before the run stopped")
-        problems: list[str] = []
         loaded: Path | None = None
         for cand in resume_candidates(ckpt_dir):
             try:

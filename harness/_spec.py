@@ -50,6 +50,8 @@ __all__ = [
 MAX_SPEC_BYTES = 1_000_000
 # YAML aliases are legitimate in small numbers; thousands of them are an alias bomb.
 MAX_YAML_ALIASES = 100
+# A few dozen aliases can still expand to billions of values ("billion laughs"): cap the size with aliases expanded.
+MAX_YAML_NODES = 100_000
 # Refuse models that could not possibly be allocated on a workstation, before any allocation happens.
 MAX_PARAMETERS = 20_000_000_000
 
@@ -525,10 +527,33 @@ def _duplicate_keys(node: Any, path: str = "", seen: set[int] | None = None) -> 
     return out
 
 
+def _expanded_size(node: Any, memo: dict[int, int], path: set[int]) -> int:
+    """How many values the document holds once every alias is expanded (memoised, so it costs one pass)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in path:
+        raise yaml.YAMLError("a YAML alias refers to a node that contains it (a recursive structure); a spec cannot hold one")
+    path.add(key)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, path) + _expanded_size(v, memo, path) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, memo, path) for item in node.value)
+    else:
+        size = 1
+    path.discard(key)
+    memo[key] = size
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"the aliases in this YAML expand to more than {MAX_YAML_NODES} values; refusing a possible alias bomb")
+    return size
+
+
 def parse_yaml(text: str, *, file: str | None) -> Any:
     loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
         duplicates = _duplicate_keys(node) if node is not None else []
         if duplicates:
             raise SpecError([Issue(file, path, f"duplicate key (line {mark.line + 1}); YAML would silently keep only the last one")
@@ -543,6 +568,8 @@ def parse_yaml(text: str, *, file: str | None) -> Any:
         raise SpecError([Issue(file, "", f"invalid YAML{where}: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Issue(file, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise SpecError([Issue(file, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 

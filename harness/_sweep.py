@@ -55,6 +55,7 @@ class SweepResult:
     objective: str = "val/loss"
     tracking_uri: str = ""
     artifacts: list[str] = field(default_factory=list)
+    signal: int | None = None  # the signal that interrupted the sweep (SIGINT, SIGTERM)
 
 
 # ----------------------------------------------------------------------------------------------------------- storage
@@ -241,7 +242,9 @@ class _TrialFailed(Exception):
 
 
 class _SweepInterrupted(Exception):
-    pass
+    def __init__(self, signum: int | None = None):
+        super().__init__("interrupted")
+        self.signum = signum or signal.SIGINT
 
 
 def _run_trial(ctx: _Ctx, study: Any, trial: Any, base: Spec) -> tuple[str, float | None]:
@@ -285,7 +288,7 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any, base: Spec) -> tuple[str, floa
             )
     except KeyboardInterrupt:
         trial.set_user_attr("stop_reason", "interrupted")
-        raise _SweepInterrupted() from None
+        raise _SweepInterrupted(signal.SIGINT) from None
     except HarnessError as exc:
         trial.set_user_attr("stop_reason", "failed")
         trial.set_user_attr("fail_reason", str(exc)[:2000])
@@ -301,7 +304,7 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any, base: Spec) -> tuple[str, floa
         run_id, stop_reason = outcome.run_id, outcome.stop_reason
     trial.set_user_attr("stop_reason", stop_reason)
     if stop_reason == "interrupted":
-        raise _SweepInterrupted()
+        raise _SweepInterrupted(outcome.signal if outcome is not None else None)
     if stop_reason == "pruned":
         return "PRUNED", None
     if outcome is not None and outcome.status != "FINISHED":
@@ -409,7 +412,9 @@ def _next_trial(ctx: _Ctx, study: Any, base: Spec) -> Any | None:
         for t in trials:
             if t.number in retried or (t.state == TrialState.FAIL and t.user_attrs.get("stop_reason") in RETRYABLE):
                 continue
-            params = t.params or t.system_attrs.get("fixed_params") or {}
+            # fixed_params first: the worker running an enqueued point writes its params one by one, outside the lock,
+            # so params can be caught half-written (a point that looks free would then run twice)
+            params = t.system_attrs.get("fixed_params") or t.params
             taken.add(_point_key(params))
         todo = [p for p in _grid_points(base) if _point_key(p) not in taken]
         if not todo:
@@ -442,7 +447,7 @@ def _heartbeat(study: Any, trial: Any) -> Iterator[None]:
 
 
 def _worker(ctx: _Ctx) -> int:
-    """Take and run trials until the sweep is done. Returns 0, or 130 when interrupted."""
+    """Take and run trials until the sweep is done. Returns 0, or 128 + the signal (130, 143) when interrupted."""
     import optuna
     from optuna.trial import TrialState
 
@@ -463,10 +468,10 @@ def _worker(ctx: _Ctx) -> int:
         try:
             with _heartbeat(study, trial):
                 state, value = _run_trial(ctx, study, trial, base)
-        except _SweepInterrupted:
+        except _SweepInterrupted as stop:
             study.tell(trial, state=TrialState.FAIL)
             _retry(study, study._storage.get_trial(trial._trial_id))
-            return 130
+            return 128 + stop.signum
         except BaseException:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("stop_reason", "failed")
@@ -561,13 +566,14 @@ def run_sweep(
     name = study_name or spec.name
     storage_url = study_storage_url(spec, name)  # creates studies/: only once the inputs are known to be good
     direction = sw.objective.direction
-    storage = _storage(storage_url)
     lock = _local_lock_path(storage_url, name)
     from harness._job import reap_stale_runs
     from harness._tracking import MlflowTracker
 
-    reap_stale_runs(MlflowTracker.client_for(uri))
     with _file_lock(lock):
+        # Under the lock, so invocations started together do not race to create the study storage: they join one study.
+        storage = _storage(storage_url)
+        reap_stale_runs(MlflowTracker.client_for(uri))
         if fresh:
             with contextlib.suppress(KeyError):
                 optuna.delete_study(study_name=name, storage=storage)
@@ -586,27 +592,31 @@ def run_sweep(
     if not quiet:
         print(f"sweep {name}: {total} trials, sampler {sw.sampler}, {n_workers} worker{'s' if n_workers > 1 else ''}, storage {storage_url}")
         print(f"parent run {parent} in experiment '{spec.experiment}'")
-    interrupted = False
+    signum: int | None = None  # the signal that interrupted the sweep
     if n_workers == 1:
         try:
-            interrupted = _worker(ctx) == 130
+            code = _worker(ctx)
+            signum = code - 128 if code > 128 else None
         except KeyboardInterrupt:
-            interrupted = True
+            signum = signal.SIGINT
     else:
-        interrupted = _run_processes(ctx, n_workers)
-    return finalize(spec, study_name=name, storage_url=storage_url, parent_run_id=parent, uri=uri, interrupted=interrupted)
+        signum = _run_processes(ctx, n_workers)
+    result = finalize(spec, study_name=name, storage_url=storage_url, parent_run_id=parent, uri=uri, interrupted=signum is not None)
+    result.signal = signum
+    return result
 
 
-def _run_processes(ctx: _Ctx, n: int) -> bool:
+def _run_processes(ctx: _Ctx, n: int) -> int | None:
+    """Run ``n`` worker processes to the end; returns the signal that interrupted them, if one did."""
     mpctx = mp.get_context("spawn")
     procs = [mpctx.Process(target=_worker_entry, args=(ctx,), name=f"harness-worker-{i}") for i in range(n)]
     for p in procs:
         p.start()
-    interrupted = False
+    received: int | None = None
 
     def forward(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        interrupted = True
+        nonlocal received
+        received = signum
         for p in procs:
             if p.is_alive() and p.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -621,9 +631,9 @@ def _run_processes(ctx: _Ctx, n: int) -> bool:
         for s, h in old.items():
             signal.signal(s, h)
     codes = [p.exitcode for p in procs]
-    if any(c not in (0, 130) for c in codes) and not interrupted:
+    if any(c not in (0, 130, 143) for c in codes) and received is None:
         raise HarnessError(f"a sweep worker failed (exit codes {codes}); see its output above")
-    return interrupted or any(c == 130 for c in codes)
+    return received or next((c - 128 for c in codes if c in (130, 143)), None)
 
 
 def _issue(file: str, path: str, msg: str) -> Any:

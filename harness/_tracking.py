@@ -7,6 +7,7 @@ key, so a replayed stretch of steps (bit-identical values) appears exactly once 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 from urllib.parse import unquote, urlparse
 
 from harness import _faults
@@ -68,7 +69,11 @@ def check_store(uri: str) -> None:
         probe = folder
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if not os.access(probe, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        if db.is_dir():
+            raise TrackingError(f"the MLflow store {uri} is not usable: {db.resolve()} is a folder, not a database file")
+        if not probe.is_dir():
+            raise TrackingError(f"the MLflow store {uri} cannot be created: {probe.resolve()} is a file, not a folder")
+        if not _can_write_in(probe) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"the MLflow store {uri} is not writable (check permissions on {folder.resolve()})")
     elif parsed.scheme in ("http", "https"):
         import urllib.error
@@ -81,6 +86,37 @@ def check_store(uri: str) -> None:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(f"the MLflow tracking server at {uri} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI") from None
+
+
+_READY_STORES: set[str] = set()
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    name = unquote(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else ""
+    return Path(name).resolve() if name and name != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on this machine (flock), held for the ``with`` block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Try it (an unnamed temp file, gone on close): permission bits alone say nothing for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _local_path(uri: str) -> Path | None:
@@ -113,7 +149,17 @@ class MlflowTracker:
         _quiet_mlflow()
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=tracking_uri(uri))
+        uri = tracking_uri(uri)
+        db = _sqlite_file(uri)
+        if db is None or str(db) in _READY_STORES:
+            return MlflowClient(tracking_uri=uri)
+        # Processes that open a new SQLite store at the same moment race to create its tables (alembic errors): the
+        # first creates them under a lock (the client creates its store on construction), the others then find them.
+        with _file_lock(db.with_name(f".{db.name}.lock")):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        _READY_STORES.add(str(db))
+        return client
 
     @classmethod
     def ensure_experiment(cls, client: Any, name: str) -> str:

@@ -6,7 +6,7 @@
   Children are forked from a forkserver that has already imported harness, torch, MLflow and Optuna, so a kill costs
   a fork instead of a ~10 s interpreter start. The child is a real process: its pid is recorded, it dies by SIGKILL
   with no cleanup, and the next command finds it dead.
-* ``harness_cli(args, cwd)``: ``python -m harness ...`` as a subprocess (the real exit code and stderr).
+* ``harness_popen(args, cwd, log)``: ``python -m harness ...`` as a subprocess, its output in ``log``.
 * ``MlflowServer``: a real ``mlflow server`` on a free loopback port, started, stopped and restarted by pid.
 * ``store(tmp)`` / ``runs`` / ``steps`` / ``study``: read back what MLflow and Optuna hold.
 """
@@ -64,11 +64,13 @@ def seed_store(tmp: Path) -> str:
     """Put a migrated, empty MLflow SQLite store at ``tmp/mlruns/mlflow.db``; returns its tracking URI."""
     global _TEMPLATE
     if _TEMPLATE is None:
+        import atexit
         import tempfile
 
         from mlflow import MlflowClient
 
         folder = Path(tempfile.mkdtemp(prefix="harness-rel-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db").search_experiments()
         _TEMPLATE = folder / "mlflow.db"
     (tmp / "mlruns").mkdir(exist_ok=True)
@@ -112,11 +114,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     env.update(extra)
     return env
-
-
-def harness_cli(args: list[str], cwd: Path, *, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=child_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def harness_popen(args: list[str], cwd: Path, log: Path, **env: str) -> subprocess.Popen:
@@ -167,7 +164,7 @@ def _child(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the forkserver ignores SIGINT; a harness process does not
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the forkserver ignores SIGINT; a harness process does not
     import torch
 
     torch.set_num_threads(1)

@@ -428,7 +428,7 @@ def run_is_live(run: Any) -> bool:
     if run.info.status != "RUNNING":
         return False
     host, pid = tags.get("harness.host"), tags.get("harness.pid")
-    if host != socket.gethostname() or not pid:
+    if host != socket.gethostname() or not pid or not pid.isdigit():
         return host is not None and host != socket.gethostname()  # another machine's run: assume live
     if int(pid) == os.getpid():
         return False  # this process left it RUNNING (e.g. the store went away) and is not training it now

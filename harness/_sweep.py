@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from harness import _faults
 from harness._errors import HarnessError, SpecError, UsageError
 from harness._spec import ParamRange, Spec, set_path, spec_from_dict, spec_to_dict
+from harness._tracking import _file_lock
 
 __all__ = ["SweepResult", "print_sweep_summary", "run_sweep", "study_storage_url", "trials_table"]
 
@@ -77,20 +78,6 @@ def _local_lock_path(storage: str, study_name: str) -> Path:
         db = Path(storage[len("sqlite:///") :])
         return db.with_name(f".{db.name}.{study_name}.lock")
     return Path(tempfile.gettempdir()) / f"harness-{abs(hash((storage, study_name)))}.lock"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes on this machine (flock)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _storage(url: str) -> Any:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import importlib.util
 import json
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -367,7 +365,7 @@ def _split_point(n: int, val_fraction: float) -> int:
 PAD_TARGET = -100
 
 
-def _pad_rows(docs: list[np.ndarray], seq_len: int, pad_id: int) -> tuple[np.ndarray, int]:
+def _pad_rows(docs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, int]:
     """Documents as rows of seq_len+1 ids; pad with -1 (the data layer masks it). Returns rows and truncated count."""
     rows = np.full((len(docs), seq_len + 1), -1, dtype=np.int64)
     truncated = 0
@@ -376,7 +374,6 @@ def _pad_rows(docs: list[np.ndarray], seq_len: int, pad_id: int) -> tuple[np.nda
             truncated += 1
         d = d[: seq_len + 1]
         rows[i, : len(d)] = d
-    del pad_id
     return rows, truncated
 
 
@@ -420,8 +417,8 @@ def _prepare_cached(data_json: str, corpus_key: tuple[Any, ...]) -> Prepared:
             tok, len(text), train, val, len(train), len(val),
             _windows(len(train), data.seq_len, data.seq_len), _windows(len(val), data.seq_len, data.seq_len),
         )
-    train_rows, trunc_tr = _pad_rows(train_docs, data.seq_len, tok.bos_id)
-    val_rows, trunc_va = _pad_rows(val_docs, data.seq_len, tok.bos_id)
+    train_rows, trunc_tr = _pad_rows(train_docs, data.seq_len)
+    val_rows, trunc_va = _pad_rows(val_docs, data.seq_len)
     return Prepared(tok, len(text), train_rows, val_rows, n_tr, n_va, len(train_docs), len(val_docs), trunc_tr + trunc_va)
 
 
@@ -462,14 +459,3 @@ def check_data(spec: Spec, *, file: str | None) -> list[Issue]:
                 Issue(file, "data.val_fraction", f"the validation split has {prep.val_examples} {unit}, fewer than one batch of {train.batch_size}; raise val_fraction or lower batch_size")
             )
     return issues
-
-
-def corpus_digest(prep: Prepared) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(prep.train).tobytes())
-    h.update(np.ascontiguousarray(prep.val).tobytes())
-    return h.hexdigest()[:16]
-
-
-def ln_vocab(vocab_size: int) -> float:
-    return math.log(vocab_size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import re
 import types
 import typing
@@ -799,9 +798,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[path] = value
     return out
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def schema_markdown() -> str:

@@ -436,6 +436,8 @@ class Trainer:
         es = self.spec.early_stopping
         if stop == "early_stopped" and es is not None and es.restore_best and (self.checkpoint_dir / BEST).is_file():
             self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / BEST)["model"])
+            # The run's final model is now the best one, so its final metrics describe those weights.
+            self.last_eval = self.evaluate()
             message = f"restored the best weights from step {self.best_step}"
         wall = self.elapsed_before + time.perf_counter() - self._t0
         return TrainResult(

@@ -314,3 +314,27 @@ def test_resume_is_bit_identical(tmp_path, tiny_spec_dict):
     assert second_result.last_eval == full_result.last_eval
     for (name, a), (_, b) in zip(full.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------------------------------------- early stopping
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_early_stopping_counts_patience_and_restores_best(tmp_path, tiny_spec_dict, restore):
+    # min_delta is larger than any possible gain, so the step-0 evaluation stays the best and every later one is "bad".
+    tiny_spec_dict["train"].update(max_steps=60, eval={"every_steps": 2, "batches": 2}, optimizer={"name": "adamw", "lr": 1e-2},
+                                   early_stopping={"metric": "val/loss", "patience": 3, "min_delta": 100.0, "restore_best": restore})
+    evals = _Collect(EvalEnd)
+    tr = _build(tiny_spec_dict, tmp_path, callbacks=[evals])
+    initial = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    result = tr.fit()
+    assert result.stop_reason == "early_stopped"
+    assert [e.step for e in evals.events] == [0, 2, 4, 6]  # best at 0, then 3 evaluations without improvement
+    assert result.steps == 6 and result.best_step == 0
+    assert result.best_metric == evals.events[0].metrics["val/loss"]
+    weights_are_initial = all(torch.equal(v, initial[k]) for k, v in tr.model.state_dict().items())
+    assert weights_are_initial is restore
+    if restore:  # the final metrics describe the restored (best) weights
+        assert result.last_eval["val/loss"] == evals.events[0].metrics["val/loss"]
+    else:
+        assert result.last_eval["val/loss"] == evals.events[-1].metrics["val/loss"]

@@ -338,3 +338,16 @@ def test_early_stopping_counts_patience_and_restores_best(tmp_path, tiny_spec_di
         assert result.last_eval["val/loss"] == evals.events[0].metrics["val/loss"]
     else:
         assert result.last_eval["val/loss"] == evals.events[-1].metrics["val/loss"]
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_spec_dict):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        tiny_spec_dict["train"]["precision"] = precision
+        steps = _Collect(StepEnd)
+        result = _build(tiny_spec_dict, tmp_path / precision, callbacks=[steps]).fit()
+        assert result.stop_reason == "completed"
+        losses[precision] = [e.loss for e in steps.events]
+    assert all(math.isfinite(v) for v in losses["bf16"])
+    assert losses["bf16"] != losses["fp32"]  # autocast really ran the forward pass in bf16 ...
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], abs=0.05)  # ... and computes the same loss

@@ -399,6 +399,10 @@ def run(
         tracker.log_params({k: v for k, v in params.items() if not k.startswith("sweep.")})
         tracker.log_text(spec_to_yaml(spec), "spec.yaml")
         tracker.log_text(_tokenizer_json(built.prep), "tokenizer.json")
+    except KeyboardInterrupt:
+        tracker.set_tags({"stop_reason": "interrupted"})
+        tracker.end("KILLED")
+        raise
     except BaseException as exc:
         tracker.set_tags({"stop_reason": "failed", "harness.message": f"{type(exc).__name__}: {exc}"[:5000]})
         tracker.end("FAILED")

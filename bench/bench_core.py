@@ -37,7 +37,7 @@ def bench_tracking(steps: int = 300, keys: int = 5) -> dict:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    from harness._tracking import MlflowTracker
+    from harness.tracking import MlflowTracker
 
     with tempfile.TemporaryDirectory() as tmp:
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
@@ -68,7 +68,7 @@ def bench_tracking(steps: int = 300, keys: int = 5) -> dict:
 def bench_batches(batch: int = 64, seq: int = 64, reps: int = 200) -> dict:
     import torch
 
-    from harness._data import Batches
+    from harness.data.batches import Batches
 
     data = torch.randint(0, 60, (200_000,))
     b = Batches(data, seq_len=seq, stride=1, batch_size=batch, seed=0, mode="epoch")
@@ -94,9 +94,9 @@ def bench_batches(batch: int = 64, seq: int = 64, reps: int = 200) -> dict:
 def _tiny_setup(threads: int | None = None):
     import torch
 
-    from harness._data import Batches
-    from harness._model import GPT
-    from harness._spec import ModelSpec, TrainSpec
+    from harness.data.batches import Batches
+    from harness.model import GPT
+    from harness.spec import ModelSpec, TrainSpec
 
     if threads:
         torch.set_num_threads(threads)
@@ -113,7 +113,7 @@ def bench_loop(steps: int = 60) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from harness._trainer import Trainer, lr_lambda, make_optimizer
+    from harness.train import Trainer, lr_lambda, make_optimizer
 
     cfg, data, train, GPT, Batches = _tiny_setup()
 
@@ -153,7 +153,7 @@ def bench_loop(steps: int = 60) -> dict:
 def bench_threads(steps: int = 40) -> dict:
     import torch
 
-    from harness._trainer import Trainer
+    from harness.train import Trainer
 
     cfg, data, train, GPT, Batches = _tiny_setup()
     out = {}

@@ -100,7 +100,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from harness import results
-    from harness._tracking import _quiet_mlflow
+    from harness.tracking.store import quiet_mlflow as _quiet_mlflow
 
     _quiet_mlflow()
     tmp = None

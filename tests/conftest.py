@@ -24,6 +24,9 @@ import pytest
 import torch
 import yaml
 
+# The real PostgreSQL and MLflow servers (session fixtures pg_server, mlflow_server): one of each per test session.
+pytest_plugins = ["servers"]
+
 TINY_TEXT = """\
 The lighthouse keeper woke before dawn, as he always did, and climbed the spiral stairs two at a time.
 Outside, the sea was grey and restless; gulls wheeled above the rocks, crying into the wind.

@@ -11,18 +11,12 @@ import pytest
 import torch
 
 from harness import SpecError, load_spec
-from harness._corpus import (
-    CharTokenizer,
-    CorpusError,
-    TiktokenTokenizer,
-    list_corpora,
-    load_text,
-    prepare,
-    tokenizer_from_dict,
-)
-from harness._data import Batches, eval_batches, make_batches
-from harness._errors import HarnessError
-from harness._spec import DataSpec, TokenizerSpec
+from harness.data.corpora import CorpusError, list_corpora, load_text
+from harness.data.prepare import prepare
+from harness.data.tokenizers import CharTokenizer, TiktokenTokenizer, tokenizer_from_dict
+from harness.data.batches import Batches, eval_batches, make_batches
+from harness.errors import HarnessError
+from harness.spec import DataSpec, TokenizerSpec
 
 UNICODE_TEXT = "Héllo, wörld! Ça va? 🚀 naïve café — “quoted” ∑x² 日本語\n\ttab and\r\nCRLF"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harness._spec import schema_markdown
+from harness.spec.reference import schema_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 from test_results import tiny_sweep_store
 
-from harness._cli import main
-from harness._errors import UsageError
-from harness._generate import generate
+from harness.cli import main
+from harness.errors import UsageError
+from harness.generate import generate
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness._model import GPT
-from harness._spec import ModelSpec, estimate_parameters
+from harness.model import GPT
+from harness.spec import ModelSpec, estimate_parameters
 
 
 def _cfg(**kw) -> ModelSpec:

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from harness import results
-from harness._cli import main
-from harness._errors import UsageError
+from harness import results, serve
+from harness.cli import main
+from harness.errors import UsageError
 
 STUDY = "tsweep"
 EXPERIMENT = "tsweep_exp"
@@ -40,8 +40,8 @@ def tiny_sweep_store(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     import torch
     from conftest import TINY_TEXT
 
-    from harness._spec import spec_from_dict
-    from harness._sweep import run_sweep
+    from harness.spec import spec_from_dict
+    from harness.sweep import run_sweep
 
     folder = tmp_path_factory.mktemp("tiny_sweep")
     corpus = folder / "tiny.txt"
@@ -63,7 +63,7 @@ def tiny_sweep_store(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("HARNESS_STUDY_STORAGE", raising=False)
         torch.set_num_threads(1)
-        out = run_sweep(spec_from_dict(raw, file="tsweep.yaml"), quiet=True)
+        out = run_sweep(spec_from_dict(raw, file="tsweep.yaml"))
     assert out.counts["complete"] == 3, out.table
     trials = {int(r["trial"]): r["run_id"] for _, r in out.table.iterrows()}
     import yaml
@@ -304,14 +304,14 @@ def test_no_store_is_not_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_ui_plan_is_lean_and_loopback(in_sweep: SimpleNamespace) -> None:
-    plan = results.ui_plan(port=_free_port())
+    plan = serve.ui_plan(port=_free_port())
     argv = plan.argv
     assert argv is not None and argv[1:4] == ["-m", "mlflow", "server"]
     assert argv[argv.index("--workers") + 1] == "1" and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{(in_sweep.dir / 'mlruns' / 'mlflow.db').resolve()}"
     assert "--serve-artifacts" in argv and plan.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert plan.warnings == [] and plan.url.startswith("http://127.0.0.1:")
-    exposed = results.ui_plan(host="0.0.0.0", port=_free_port())
+    exposed = serve.ui_plan(host="0.0.0.0", port=_free_port())
     assert exposed.warnings and "WARNING" in exposed.warnings[0] and "0.0.0.0" in exposed.warnings[0]
 
 
@@ -332,7 +332,7 @@ def test_dashboard_plan_and_missing_package(in_sweep: SimpleNamespace, monkeypat
                                             capsys: pytest.CaptureFixture[str]) -> None:
     db = (in_sweep.dir / "studies" / f"{STUDY}.db").resolve()
     for target in (STUDY, str(in_sweep.spec), in_sweep.parent):
-        plan = results.dashboard_plan(target, port=_free_port())
+        plan = serve.dashboard_plan(target, port=_free_port())
         assert plan.study == STUDY and plan.storage == f"sqlite:///{db}"
         assert plan.command.startswith(f"optuna-dashboard sqlite:///{db} --host 127.0.0.1 --port ")
     import importlib.util

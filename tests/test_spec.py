@@ -12,7 +12,7 @@ import pytest
 
 import harness
 from harness import Issue, SpecError, load_spec
-from harness._spec import apply_overrides, field_paths, parse_overrides, spec_from_dict
+from harness.spec import apply_overrides, field_paths, parse_overrides, spec_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -374,7 +374,7 @@ def test_tokenizer_char_shorthand(tmp_path, tiny_spec_dict, write_spec):
 
 
 def test_tokenizer_tiktoken_shorthand():
-    from harness._spec import TokenizerSpec
+    from harness.spec import TokenizerSpec
 
     tok = TokenizerSpec.model_validate("tiktoken:cl100k_base")
     assert (tok.kind, tok.encoding) == ("tiktoken", "cl100k_base")

@@ -13,8 +13,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness._spec import spec_from_dict
-from harness._sweep import run_sweep
+from harness.spec import spec_from_dict
+from harness.sweep import run_sweep
 
 TEXT = (
     "From fairest creatures we desire increase, that thereby beauty's rose might never die,\n"
@@ -69,7 +69,7 @@ def load_study(tmp: Path, name: str = "tinysweep") -> optuna.Study:
 
 
 def test_grid_sweep_end_to_end(work):
-    result = run_sweep(spec_from_dict(base_spec(work)), quiet=True)
+    result = run_sweep(spec_from_dict(base_spec(work)))
     parents, children = split_runs(all_runs(work))
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
@@ -105,12 +105,12 @@ def test_grid_sweep_end_to_end(work):
 
 def test_rerun_resumes_and_fresh_restarts(work):
     spec = spec_from_dict(base_spec(work))
-    first = run_sweep(spec, quiet=True)
-    again = run_sweep(spec, quiet=True)  # nothing left to do: no new trials, same parent
+    first = run_sweep(spec)
+    again = run_sweep(spec)  # nothing left to do: no new trials, same parent
     assert again.parent_run_id == first.parent_run_id
     assert len(load_study(work).get_trials()) == 3
     assert len(split_runs(all_runs(work))[1]) == 3
-    fresh = run_sweep(spec, quiet=True, fresh=True)
+    fresh = run_sweep(spec, fresh=True)
     assert fresh.parent_run_id != first.parent_run_id
     assert len(load_study(work).get_trials()) == 3
 
@@ -148,7 +148,7 @@ def test_killed_sweep_resumes_each_point_exactly_once(work):
 
 def test_two_workers_share_the_grid(work):
     raw = base_spec(work, params={"train.optimizer.lr": [1e-2, 3e-3], "seed": [1, 2]})
-    result = run_sweep(spec_from_dict(raw), workers=2, quiet=True)
+    result = run_sweep(spec_from_dict(raw), workers=2)
     trials = load_study(work).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     points = sorted((t.params["train.optimizer.lr"], t.params["seed"]) for t in trials)
@@ -164,7 +164,7 @@ def test_pruning_stops_bad_trials_and_states_agree(work):
     raw = base_spec(work, params={"train.optimizer.lr": [1e-2, 1e-6], "seed": [1, 2]},
                     pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0})
     raw["train"]["max_steps"] = 30
-    run_sweep(spec_from_dict(raw), quiet=True)
+    run_sweep(spec_from_dict(raw))
     trials = load_study(work).get_trials()
     states = [t.state for t in trials]
     assert states[:2] == [TrialState.COMPLETE] * 2
@@ -181,7 +181,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(work):
     raw = base_spec(work, params={"train.optimizer.lr": [100.0, 1e-3]})
     raw["train"]["optimizer"] = {"name": "sgd", "lr": 1e-3}
     raw["train"]["max_steps"] = 40
-    result = run_sweep(spec_from_dict(raw), quiet=True)
+    result = run_sweep(spec_from_dict(raw))
     trials = load_study(work).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[0].user_attrs["stop_reason"] == "diverged"
@@ -193,7 +193,7 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(work):
 
 def test_invalid_sampled_value_fails_only_that_trial(work):
     raw = base_spec(work, sampler="random", n_trials=6, seed=0, params={"model.n_heads": {"int": [1, 4]}})
-    run_sweep(spec_from_dict(raw), quiet=True)
+    run_sweep(spec_from_dict(raw))
     trials = load_study(work).get_trials()
     bad = [t for t in trials if t.params["model.n_heads"] == 3]
     good = [t for t in trials if t.params["model.n_heads"] != 3]
@@ -217,9 +217,11 @@ def test_bad_swept_path_is_refused_before_any_trial(work):
 def test_grid_values_are_checked_up_front(work):
     from harness import SpecError
 
+    from harness.data import validate_data
+
     raw = base_spec(work, params={"train.batch_size": [4, 100000]})
     with pytest.raises(SpecError) as err:
-        spec_from_dict(raw)
+        validate_data(spec_from_dict(raw))  # the schema allows 100000; the data has fewer windows
     assert any(i.path == "sweep.params.train.batch_size" for i in err.value.issues)
     raw = base_spec(work, params={"train.optimizer.lr": []})
     with pytest.raises(SpecError) as err:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness._checkpoint import CheckpointError, load_checkpoint, resume_candidates, save_checkpoint
-from harness._corpus import prepare
-from harness._data import eval_batches, make_batches
-from harness._model import GPT
-from harness._spec import TrainSpec, spec_from_dict
-from harness._trainer import EpochEnd, EvalEnd, StepEnd, StopTraining, Trainer, lr_lambda
+from harness.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates, save_checkpoint
+from harness.data.prepare import prepare
+from harness.data.batches import eval_batches, make_batches
+from harness.model import GPT
+from harness.spec import TrainSpec, spec_from_dict
+from harness.train import EpochEnd, EvalEnd, StepEnd, StopTraining, Trainer, lr_lambda
 
 # ----------------------------------------------------------------------------------------------------------- helpers
 
@@ -28,7 +28,7 @@ def _train_spec(**kw) -> TrainSpec:
 
 
 def _build(spec_dict: dict, ckpt_dir: Path, callbacks=(), init_seed: int | None = None) -> Trainer:
-    """Data, model and trainer for a spec dict, as harness._job._build does it but without MLflow."""
+    """Data, model and trainer for a spec dict, as harness.job.build.build does it but without MLflow."""
     spec = spec_from_dict(spec_dict)
     prep = prepare(spec.data)
     torch.manual_seed(spec.seed if init_seed is None else init_seed)

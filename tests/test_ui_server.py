@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_results import EXPERIMENT, STEPS, tiny_sweep_store
 
-from harness import results
+from harness import results, serve
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,12 @@ def test_mlflow_server_shows_sweep_runs_metrics_and_artifacts(sweep: SimpleNames
                                                                tmp_path: Any) -> None:
     monkeypatch.chdir(sweep.dir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep.uri)
-    plan = results.ui_plan(host="127.0.0.1", port=_free_port())
+    plan = serve.ui_plan(host="127.0.0.1", port=_free_port())
     assert plan.argv is not None and plan.argv[plan.argv.index("--workers") + 1] == "1"
     log = open(tmp_path / "server.log", "wb")
-    proc = results.start(plan, stdout=log, stderr=subprocess.STDOUT)
+    proc = serve.start(plan, stdout=log, stderr=subprocess.STDOUT)
     try:
-        if not results.wait_ready(plan.url, proc, timeout=150):
+        if not serve.wait_ready(plan.url, proc, timeout=150):
             log.flush()
             pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{(tmp_path / 'server.log').read_text()[-3000:]}")
         base = plan.url
@@ -87,7 +87,7 @@ def test_mlflow_server_shows_sweep_runs_metrics_and_artifacts(sweep: SimpleNames
         with urllib.request.urlopen(f"{base}/get-artifact?{urllib.parse.urlencode({'run_id': rid, 'path': 'spec.yaml'})}", timeout=30) as r:
             assert b"name: tsweep" in r.read()
     finally:
-        results.stop(proc)
+        serve.stop(proc)
         log.close()
     assert proc.poll() is not None
     assert not _group_alive(proc.pid), "a server worker outlived the stop"
@@ -95,11 +95,11 @@ def test_mlflow_server_shows_sweep_runs_metrics_and_artifacts(sweep: SimpleNames
 
 def test_stop_ends_a_process_group(tmp_path: Any) -> None:
     """stop() ends the child a server would leave behind (cheap check, no MLflow)."""
-    plan = results.ServerPlan(argv=["sh", "-c", "sleep 60 & sleep 60"], url="http://127.0.0.1:9")
-    proc = results.start(plan)
+    plan = serve.ServerPlan(argv=["sh", "-c", "sleep 60 & sleep 60"], url="http://127.0.0.1:9")
+    proc = serve.start(plan)
     try:
         assert _group_alive(proc.pid)
     finally:
-        results.stop(proc, timeout=5)
+        serve.stop(proc, timeout=5)
     assert proc.returncode == -signal.SIGTERM or proc.returncode is not None
     assert not _group_alive(proc.pid)

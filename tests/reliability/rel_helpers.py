@@ -125,8 +125,8 @@ def harness_popen(args: list[str], cwd: Path, log: Path, **env: str) -> subproce
 
 
 _PRELOAD = ["torch", "torch._dynamo", "numpy", "yaml", "pydantic", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna",
-            "matplotlib", "harness._cli", "harness._job", "harness._sweep", "harness._trainer", "harness._model", "harness._data",
-            "harness._plots", "harness._progress", "rel_helpers"]
+            "matplotlib", "harness.cli", "harness.job.runner", "harness.sweep.driver", "harness.train.loop", "harness.model",
+            "harness.data.batches", "harness.plots", "harness.cli.progress", "rel_helpers"]
 _forkserver: Any = None
 
 
@@ -168,7 +168,7 @@ def _child(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from harness._cli import main
+    from harness.cli import main
 
     code = main(argv)
     sys.stdout.flush()

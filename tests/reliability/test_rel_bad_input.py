@@ -1,7 +1,7 @@
 """Hostile specs: every one exits 2 with a message naming the file and the field, no traceback, and creates nothing.
 
 One table drives the test. Each case gets its own folder (spec, corpora, MLflow URI, staging folder, cwd for
-studies/), and ``harness run`` is called in-process through the real CLI entry point (``harness._cli.main``). A few
+studies/), and ``harness run`` is called in-process through the real CLI entry point (``harness.cli.main``). A few
 cases are repeated as real subprocesses to prove the process exit code and stderr.
 """
 
@@ -21,7 +21,7 @@ import pytest
 import rel_helpers as H
 import yaml
 
-from harness._cli import main
+from harness.cli import main
 
 # "Billion laughs": 73 aliases, well under any alias count limit, that expand to 9**9 values in `name`.
 BOMB = "x0: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -234,12 +234,12 @@ def test_hostile_specs_all_exit_2_clearly_and_create_nothing(tmp_path, tiny_text
 
 def test_huge_model_refused_before_allocation_even_when_each_field_is_in_range(tmp_path, tiny_text, monkeypatch):
     """Validation is pure arithmetic: the model class is never instantiated and nothing big is allocated."""
-    import harness._model
+    import harness.model
 
     def boom(*a, **k):  # pragma: no cover - reached only if the spec were accepted
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(harness._model.GPT, "__init__", boom)
+    monkeypatch.setattr(harness.model.GPT, "__init__", boom)
     (tmp_path / "tiny.txt").write_text(tiny_text)
     for model in ({"d_model": 10**9, "n_heads": 1, "n_layers": 1, "d_ff": 4},
                   {"d_model": 65536, "n_heads": 64, "n_layers": 1024, "d_ff": 1048576}):
@@ -282,8 +282,8 @@ def test_hostile_specs_as_real_processes(tmp_path, tiny_text):
 
 
 def test_alias_bomb_is_refused_quickly(tmp_path):
-    from harness._errors import SpecError
-    from harness._spec import read_yaml
+    from harness.errors import SpecError
+    from harness.spec import read_yaml
 
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)

@@ -12,12 +12,12 @@ import pytest
 import rel_helpers as H
 import torch
 
-from harness import _faults
-from harness._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from harness._cli import main
-from harness._job import run
-from harness._spec import spec_from_dict
-from harness._trainer import StepEnd
+from harness.testing import faults as _faults
+from harness.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from harness.cli import main
+from harness.job import run
+from harness.spec import spec_from_dict
+from harness.train import StepEnd
 
 STEPS = 12
 
@@ -159,7 +159,7 @@ def test_resume_names_damaged_checkpoints_refuses_a_pickle_payload_and_falls_bac
     out = capsys.readouterr().out
     assert f"warning: {folder / 'last.pt'}: not a readable checkpoint (truncated or corrupt" in out, out
     assert f"warning: {folder / 'prev.pt'}: refused to load: it would import and call posix.system" in out, out
-    assert f"resumed from {folder / 'step-00000009.pt'}" in out, out
+    assert f"resuming from {folder / 'step-00000009.pt'}" in out, out
     assert not marker.exists(), "the pickle payload ran"
     _assert_matches(run_id, reference)
     tags = H.store(tmp_path).get_run(run_id).data.tags

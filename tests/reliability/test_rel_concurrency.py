@@ -14,7 +14,7 @@ import pytest
 import rel_helpers as H
 from optuna.trial import TrialState
 
-from harness._cli import main
+from harness.cli import main
 
 LOCKED = re.compile(r"database is locked|OperationalError|Traceback|internal error", re.I)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import rel_helpers as H
 from optuna.trial import TrialState
 
-from harness._checkpoint import load_checkpoint
-from harness._cli import main
+from harness.train.checkpoint import load_checkpoint
+from harness.cli import main
 
 STEPS, EVAL = 200, 40
 
@@ -77,7 +77,7 @@ def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corp
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlruns/mlflow.db")
         capsys.readouterr()
         assert main(["resume", r.info.run_id, "-q"]) == 0
-        assert "resumed from" in capsys.readouterr().out
+        assert "resuming from" in capsys.readouterr().out
         r = client.get_run(r.info.run_id)
         assert (r.info.status, r.data.tags["stop_reason"]) == ("FINISHED", "completed")
         assert H.steps(client, r.info.run_id, "train/loss") == list(range(STEPS))

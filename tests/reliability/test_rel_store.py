@@ -20,10 +20,11 @@ import pytest
 import rel_helpers as H
 from mlflow import MlflowClient
 
-from harness._cli import main, print_run_summary
-from harness._job import run
-from harness._spec import spec_from_dict
-from harness._trainer import StepEnd
+from harness.cli import main
+from harness.cli.output import print_run_summary
+from harness.job import run
+from harness.spec import spec_from_dict
+from harness.train import StepEnd
 
 STEPS, EVAL = 16, 4
 KEYS = ("train/loss", "val/loss", "grad_norm", "lr")
@@ -144,5 +145,5 @@ def test_server_outages_during_a_run(tmp_path, tiny_corpus, monkeypatch, capsys)
         shutil.rmtree(staging / out.run_id)
         assert main(["resume", out.run_id, "-q"]) == 0
         stdout = capsys.readouterr().out
-        assert f"resumed from {staging / out.run_id / 'checkpoints' / 'last.pt'}" in stdout, stdout
+        assert f"resuming from {staging / out.run_id / 'checkpoints' / 'last.pt'}" in stdout, stdout
         _assert_matches(client, out.run_id, reference)

@@ -1,0 +1,51 @@
+"""The ``harness`` command: parse, call one library function, print.
+
+Exit codes: 0 ok, 1 a run failed or diverged, 2 bad input (spec, path, id, unreachable store), 130/143 interrupted by
+SIGINT/SIGTERM. One module per command group: ``run`` (run, resume, validate), ``info`` (corpora, schema),
+``results`` (results, compare, plot), ``serve`` (ui, dashboard), ``generate``; ``output`` prints, ``progress`` shows
+a running job. Building the parser imports neither torch nor MLflow, so ``harness --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import traceback
+from collections.abc import Sequence
+
+from harness.cli import generate, info, results, run, serve
+from harness.cli.output import print_err
+from harness.errors import HarnessError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    p = argparse.ArgumentParser(prog="harness", description="Train small GPTs from YAML specs, tracked in MLflow, swept with Optuna.")
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (run, info, results, serve, generate):
+        module.add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except HarnessError as exc:
+        print_err(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print_err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say what and where, full traceback on request
+        if os.environ.get("HARNESS_DEBUG"):
+            traceback.print_exc()
+        else:
+            print_err(f"internal error: {type(exc).__name__}: {exc}\n(set HARNESS_DEBUG=1 to see the traceback)")
+        return 1

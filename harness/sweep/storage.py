@@ -1,0 +1,126 @@
+"""Where a study lives (an Optuna storage URL) and the lock that serialises study set-up and trial hand-out.
+
+* Storage: ``sweep.storage``, else ``HARNESS_STUDY_STORAGE``, else ``sqlite:///studies/<study>.db``. Any Optuna RDB
+  URL works (PostgreSQL for several machines), and a path ending in ``.log`` (or ``journal:<path>``) is a journal file.
+* The study lock is held while a study is created or joined and while a worker takes its next trial. It lives where
+  the study lives: a PostgreSQL advisory lock (or MySQL ``GET_LOCK``) in the study database itself, so it holds across
+  machines; a file lock next to a SQLite or journal file, which only one machine can share anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.tracking.store import local_lock, parse_store_url, quiet_mlflow
+
+__all__ = ["GRACE_S", "HEARTBEAT_S", "make_storage", "storage_url", "study_lock"]
+
+HEARTBEAT_S = 20  # a running trial records a heartbeat this often
+GRACE_S = 90  # a trial whose heartbeat is older than this is stale: its worker died (on any machine)
+
+
+def storage_url(configured: str | None, study_name: str, *, studies_dir: Path | None = None) -> str:
+    """The study's storage URL: ``configured`` (the spec's), else ``HARNESS_STUDY_STORAGE``, else a SQLite file
+    ``<studies_dir>/<study>.db`` (default ``studies/``)."""
+    if configured:
+        return configured
+    env = os.environ.get("HARNESS_STUDY_STORAGE")
+    if env:
+        return env
+    folder = studies_dir if studies_dir is not None else Path("studies")
+    return f"sqlite:///{folder / f'{study_name}.db'}"
+
+
+def _is_journal(url: str) -> bool:
+    return url.startswith("journal:") or url.endswith(".log")
+
+
+def make_storage(url: str) -> Any:
+    """An Optuna storage for ``url``: RDB (with heartbeats, and a retry of every trial whose heartbeat went stale) or
+    a journal file."""
+    import optuna
+
+    quiet_mlflow()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if _is_journal(url):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    store = parse_store_url(url)
+    kwargs: dict[str, Any] = {}
+    if store.kind == "sqlite":
+        if store.path is not None:
+            store.path.parent.mkdir(parents=True, exist_ok=True)
+        # Several workers write the same file: wait for SQLite's lock instead of failing with "database is locked".
+        kwargs["connect_args"] = {"timeout": 120}
+    with warnings.catch_warnings():
+        # Heartbeats and the retry callback are marked experimental; they are Optuna's answer to worker failures.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                          heartbeat_stale_trial_callback=retry)
+
+
+def _lock_key(url: str, study_name: str) -> int:
+    """A stable 63-bit key for (storage, study): the same in every process and on every machine."""
+    digest = hashlib.sha256(f"{parse_store_url(url).absolute()}|{study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study_name: str) -> Iterator[None]:
+    """Exclusive access to the study's set-up and trial hand-out, for every process that uses this storage."""
+    if _is_journal(url):
+        path = Path(url.removeprefix("journal:")).resolve()
+        with local_lock(path.with_name(f".{path.name}.{study_name}.lock")):
+            yield
+        return
+    store = parse_store_url(url)
+    if store.kind == "sqlite":
+        db = store.path.resolve() if store.path is not None else Path(tempfile.gettempdir()) / "harness-memory.db"
+        with local_lock(db.with_name(f".{db.name}.{study_name}.lock")):
+            yield
+        return
+    with _database_lock(url, _lock_key(url, study_name)):
+        yield
+
+
+@lru_cache(maxsize=4)
+def _lock_engine(url: str) -> Any:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, poolclass=NullPool)
+
+
+@contextlib.contextmanager
+def _database_lock(url: str, key: int) -> Iterator[None]:
+    """A session-level lock in the database: PostgreSQL's advisory lock or MySQL's GET_LOCK (held on its own
+    connection, released when the block ends or the connection dies with its process)."""
+    from sqlalchemy import text
+
+    engine = _lock_engine(url)
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(text("select pg_advisory_lock(:k)"), {"k": key})
+            release = text("select pg_advisory_unlock(:k)")
+        elif dialect in ("mysql", "mariadb"):
+            conn.execute(text("select get_lock(:k, -1)"), {"k": f"harness-{key}"})
+            release = text("select release_lock(:k)")
+        else:
+            raise NotImplementedError(f"no study lock for {dialect} storages; use PostgreSQL, MySQL or SQLite")
+        try:
+            yield
+        finally:
+            conn.execute(release, {"k": key if dialect == "postgresql" else f"harness-{key}"})
+            conn.commit()

@@ -1,0 +1,154 @@
+"""The study a sweep runs in: created once, joined by every later invocation and every worker, on any machine.
+
+Under the study lock (:func:`harness.sweep.storage.study_lock`), opening a study makes sure that
+
+* it remembers the resolved base spec it was made from (a digest and the spec, in its user attributes), and a
+  different spec is refused with what changed;
+* it has one parent MLflow run, shared by every invocation.
+
+Workers take trials under the same lock (:mod:`harness.sweep.worker`), so no grid point runs twice and a study of
+``n_trials`` runs exactly that many, however many workers or machines join.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import Issue, SpecError, UsageError
+from harness.spec import Spec, flatten, spec_to_dict, spec_to_yaml
+from harness.sweep.storage import make_storage, study_lock
+from harness.tracking import MlflowTracker, client_for
+
+__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "grid_points", "open_study", "point_key", "retried_numbers", "spec_digest", "total_trials"]
+
+#: Fields that cannot change what a trial computes: changing them does not make a different study.
+NO_EFFECT_FIELDS = ("tracking.tags", "tracking.sample_tokens", "tracking.sample_prompt", "tracking.log_checkpoints",
+                    "tracking.run_name", "sweep.workers", "sweep.n_trials", "sweep.timeout_s", "sweep.storage")
+
+
+@dataclass
+class OpenStudy:
+    study: Any  # optuna.Study
+    storage: Any  # the Optuna storage object the study uses
+    name: str
+    url: str
+    parent_run_id: str
+    total: int  # trials the study runs in all
+
+
+def total_trials(spec: Spec, n_trials: int | None, *, file: str | None = None) -> int:
+    """How many trials the sweep runs: ``n_trials``, else ``sweep.n_trials``, else the grid's size."""
+    sw = spec.sweep
+    assert sw is not None
+    total = n_trials or sw.n_trials or (sw.grid_size() if sw.sampler == "grid" else None)
+    if total is None:
+        raise SpecError([Issue(file, "sweep.n_trials", f"the {sw.sampler} sampler needs n_trials (only a grid has a natural size)")])
+    return min(total, sw.grid_size()) if sw.sampler == "grid" else total
+
+
+def grid_points(spec: Spec) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order the spec lists them."""
+    sw = spec.sweep
+    assert sw is not None
+    keys = list(sw.params)
+    values = [v if isinstance(v, list) else list(v.choices or []) for v in sw.params.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def point_key(params: dict[str, Any]) -> str:
+    """A grid point as a comparable string."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of trials that were retried (a crashed or interrupted attempt): each has a newer copy that continues
+    its MLflow run, so it no longer counts."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", []))
+    return out
+
+
+def _comparable(spec: Spec) -> dict[str, Any]:
+    flat = flatten(spec_to_dict(spec))
+    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS)}
+
+
+def spec_digest(spec: Spec) -> str:
+    """A digest of everything in the spec that can change a trial's result."""
+    return hashlib.sha256(json.dumps(_comparable(spec), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def open_study(spec: Spec, *, name: str, url: str, fresh: bool, uri: str, total: int) -> OpenStudy:
+    """Create or join the study ``name`` in ``url`` (see the module doc); ``fresh`` deletes an existing one first."""
+    import optuna
+
+    from harness.sweep.trial import make_pruner, make_sampler
+
+    sw = spec.sweep
+    assert sw is not None
+    with study_lock(url, name):
+        storage = make_storage(url)
+        if fresh:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:
+                pass
+        study = optuna.create_study(study_name=name, storage=storage, direction=sw.objective.direction, load_if_exists=True,
+                                    sampler=make_sampler(spec), pruner=make_pruner(spec))
+        if study.direction.name.lower() != sw.objective.direction:
+            raise UsageError(f"study '{name}' in {url} was created to {study.direction.name.lower()} its objective; "
+                             "start over with --fresh, or pick another study name with --study NAME")
+        _check_same_spec(spec, study, name)
+        parent = _parent_run(spec, study, uri, name, url)
+    return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total)
+
+
+def _check_same_spec(spec: Spec, study: Any, name: str) -> None:
+    """A study belongs to one resolved base spec; running a different one against it would mix two experiments."""
+    digest = spec_digest(spec)
+    stored = study.user_attrs.get("harness.spec_digest")
+    if stored is None:
+        study.set_user_attr("harness.spec_digest", digest)
+        study.set_user_attr("harness.spec", json.dumps(_comparable(spec), default=str))
+        return
+    if stored == digest:
+        return
+    before = json.loads(study.user_attrs.get("harness.spec", "{}"))
+    now = _comparable(spec)
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k, "<absent>") != now.get(k, "<absent>")]
+    lines = [f"  {k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in changed[:12]]
+    if len(changed) > 12:
+        lines.append(f"  ... and {len(changed) - 12} more")
+    raise UsageError(
+        f"study '{name}' was made from a different spec; its finished trials would not answer this one. What changed:\n"
+        + "\n".join(lines)
+        + f"\nStart the study over with --fresh, or keep both with --study NEW_NAME. (Changes to {', '.join(NO_EFFECT_FIELDS)} "
+        "do not count: they cannot change a trial's result.)"
+    )
+
+
+def _parent_run(spec: Spec, study: Any, uri: str, name: str, url: str) -> str:
+    """The sweep's parent MLflow run: created once per study, shared by every invocation (RUNNING while any runs)."""
+    client = client_for(uri)
+    existing = study.user_attrs.get("mlflow_parent_run_id")
+    if existing:
+        try:
+            run = client.get_run(existing)
+        except Exception:
+            run = None
+        if run is not None and run.info.lifecycle_stage != "deleted":
+            if run.info.status != "RUNNING":
+                client.update_run(existing, status="RUNNING")
+            return existing
+    tags = {**spec.tracking.tags, "harness.role": "sweep", "harness.study": name, "harness.spec_name": spec.name,
+            "harness.storage": url, "harness.spec_digest": spec_digest(spec)}
+    tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=f"{spec.name}-sweep", tags=tags)
+    tracker.log_params({f"sweep.{k}": v for k, v in flatten(spec_to_dict(spec)["sweep"]).items()})
+    tracker.log_text(spec_to_yaml(spec), "spec.yaml")
+    study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
+    return tracker.run_id

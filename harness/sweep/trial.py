@@ -1,0 +1,199 @@
+"""One trial: sampled values -> run spec -> the job (a new MLflow run, or the resumed one of a retried trial) ->
+the objective. Also the sampler and pruner a sweep spec asks for."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness.errors import HarnessError, SpecError
+from harness.spec import ParamRange, Spec, variant
+from harness.testing import faults
+from harness.tracking import client_for
+from harness.tracking.liveness import run_is_set_up
+from harness.train.events import EvalEnd, Event, StopReason, StopTraining
+
+__all__ = ["TrialOutcome", "TrialInterrupted", "make_pruner", "make_sampler", "run_trial"]
+
+
+def make_sampler(spec: Spec) -> Any:
+    """The Optuna sampler, seeded by ``sweep.seed`` (else the spec's seed). A grid's points are queued with fixed
+    values, so its sampler never picks; random covers anything left."""
+    import optuna
+
+    sw = spec.sweep
+    assert sw is not None
+    seed = sw.seed if sw.seed is not None else spec.seed
+    if sw.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if sw.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if sw.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: Spec) -> Any:
+    import optuna
+
+    p = spec.sweep.pruner  # type: ignore[union-attr]
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(percentile=p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1 if p.min_resource == "auto" else p.min_resource,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    state: str  # the Optuna state to tell: COMPLETE, PRUNED or FAIL
+    value: float | None = None
+    stop_reason: StopReason | None = None
+    fail_reason: str | None = None
+
+
+class TrialInterrupted(Exception):
+    """Ctrl-C or SIGTERM during a trial: the worker stops, and the trial is queued again for the next invocation."""
+
+    def __init__(self, signum: int):
+        super().__init__("interrupted")
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one sweep shares (picklable: spawned workers receive it)."""
+
+    study_name: str
+    parent_run_id: str
+    tracking_uri: str
+    spec_file: str
+    threads: int | None  # torch threads per trial (workers share the machine's cores)
+    progress: Callable[[str], Any] | None  # label -> a trainer callback that shows progress, or None
+
+
+def run_trial(settings: TrialSettings, trial: Any, base: Spec) -> TrialOutcome:
+    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM."""
+    import signal
+
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("host", socket.gethostname())
+    sw = base.sweep
+    assert sw is not None
+    params = {path: _suggest(trial, path, space) for path, space in sw.params.items()}
+    try:
+        spec = _trial_spec(settings, base, params, trial.number)
+    except SpecError as exc:
+        return TrialOutcome("FAIL", stop_reason=StopReason.INVALID, fail_reason=exc.render()[:2000])
+    label = f"trial {trial.number}"
+    progress = settings.progress(label) if settings.progress else None
+    faults.point("trial_start")
+    try:
+        outcome = _execute(settings, trial, spec, [_Pruning(trial, sw.objective.metric)], progress)
+    except KeyboardInterrupt:
+        raise TrialInterrupted(signal.SIGINT) from None
+    except HarnessError as exc:
+        return TrialOutcome("FAIL", stop_reason=StopReason.FAILED, fail_reason=str(exc)[:2000])
+    finally:
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
+    run_id, stop, status, message, signum = outcome
+    if stop is StopReason.INTERRUPTED:
+        raise TrialInterrupted(signum or signal.SIGINT)
+    if stop is StopReason.PRUNED:
+        return TrialOutcome("PRUNED", stop_reason=stop)
+    if status != "FINISHED":
+        return TrialOutcome("FAIL", stop_reason=stop, fail_reason=message or stop.value)
+    value = _objective_value(client_for(settings.tracking_uri), run_id, sw.objective.metric, summary=sw.objective.summary,
+                             direction=sw.objective.direction)
+    if value is None:
+        return TrialOutcome("FAIL", stop_reason=stop, fail_reason=f"the objective metric {sw.objective.metric} was never logged")
+    return TrialOutcome("COMPLETE", value=value, stop_reason=stop)
+
+
+def _trial_spec(settings: TrialSettings, base: Spec, params: dict[str, Any], number: int) -> Spec:
+    values = dict(params)
+    if settings.threads:
+        values["train.threads"] = settings.threads
+    return variant(base, values, file=f"{settings.spec_file} (trial {number})", run_name=f"{base.name}-t{number:03d}")
+
+
+def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[Any], progress: Any) -> tuple[str, StopReason, str, str, int | None]:
+    """The trial's MLflow run, to its end: (run id, stop reason, status, message, signal).
+
+    A retried trial carries the MLflow run of its first attempt: a finished run is only reported (its worker died
+    before telling the study); a set-up run is resumed from its last checkpoint; a run whose worker died while
+    creating it is adopted and set up. A first attempt starts a new run under the sweep's parent run."""
+    from harness import job
+
+    client = client_for(settings.tracking_uri)
+    run = _existing_run(client, trial.user_attrs.get("mlflow_run_id"))
+    if run is not None and run.info.status == "FINISHED":
+        return run.info.run_id, StopReason(run.data.tags.get("stop_reason", "completed")), "FINISHED", "", None
+    if run is not None and run_is_set_up(client, run.info.run_id):
+        out = job.resume(run.info.run_id, uri=settings.tracking_uri, callbacks=callbacks, progress=progress, assume_dead=True)
+    else:
+        out = job.run(spec, run_id=run.info.run_id if run is not None else None, uri=settings.tracking_uri,
+                      parent_run_id=settings.parent_run_id, callbacks=callbacks, progress=progress,
+                      tags={"harness.role": "trial", "harness.trial": str(trial.number), "harness.study": settings.study_name},
+                      on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+    return out.run_id, out.stop_reason, out.status, out.message, out.signal
+
+
+def _existing_run(client: Any, run_id: str | None) -> Any | None:
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        return None
+    return None if run.info.lifecycle_stage == "deleted" else run
+
+
+def _suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
+    if isinstance(space, list):
+        return trial.suggest_categorical(path, space)
+    if space.choices is not None:
+        return trial.suggest_categorical(path, space.choices)
+    if space.int is not None:
+        lo, hi = space.int
+        return trial.suggest_int(path, lo, hi, step=int(space.step or 1), log=space.log)
+    lo, hi = space.float  # type: ignore[misc]
+    return trial.suggest_float(path, lo, hi, step=space.step, log=space.log)
+
+
+class _Pruning:
+    """Trainer callback: report the objective metric at every evaluation; stop the run when Optuna says prune."""
+
+    def __init__(self, trial: Any, metric: str):
+        self.trial = trial
+        self.metric = metric
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, EvalEnd) or self.metric not in event.metrics:
+            return
+        value = event.metrics[self.metric]
+        if not math.isfinite(value):
+            return
+        self.trial.report(value, step=event.step)
+        if event.step > 0 and self.trial.should_prune():
+            raise StopTraining(StopReason.PRUNED, f"pruned by {type(self.trial.study.pruner).__name__} at step {event.step}")
+
+
+def _objective_value(client: Any, run_id: str, metric: str, *, summary: str, direction: str) -> float | None:
+    """The trial's score: the best (or last) finite value of ``metric`` in its run's history."""
+    history = [m for m in client.get_metric_history(run_id, metric) if math.isfinite(m.value)]
+    if not history:
+        return None
+    if summary == "last":
+        return max(history, key=lambda m: (m.step, m.timestamp)).value
+    values = [m.value for m in history]
+    return min(values) if direction == "minimize" else max(values)

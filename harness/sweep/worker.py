@@ -1,0 +1,240 @@
+"""A worker: take the next queued trial, run it with a heartbeat, tell the study, until nothing is queued.
+
+Several workers (processes on this machine, or invocations on other machines) share one study. Taking a trial
+happens under the study lock, after reaping the trials whose worker died: a dead pid on this host at once, a stale
+heartbeat from any host after the grace period. A reaped trial is queued again and its retry resumes the same MLflow
+run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from harness.errors import HarnessError
+from harness.spec import Spec, spec_from_dict
+from harness.sweep.storage import HEARTBEAT_S, make_storage, study_lock
+from harness.sweep.study import grid_points, point_key, retried_numbers
+from harness.sweep.trial import TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
+from harness.testing import faults
+from harness.tracking import client_for
+from harness.tracking.liveness import mark_run_crashed, pid_alive
+from harness.train.events import StopReason
+
+__all__ = ["WorkerPlan", "run_workers", "work"]
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a worker needs (picklable: spawned worker processes receive it)."""
+
+    spec_dict: dict[str, Any]
+    storage_url: str
+    total: int  # trials the study runs in all
+    deadline: float | None  # stop taking trials after this time (time.time())
+    trials: TrialSettings
+
+
+def work(plan: WorkerPlan) -> int:
+    """Take and run trials until none is queued. Returns 0, or 128 + the signal (130, 143) when interrupted."""
+    import optuna
+
+    if plan.trials.threads:
+        import torch
+
+        torch.set_num_threads(plan.trials.threads)
+    base = spec_from_dict(plan.spec_dict, file=plan.trials.spec_file)
+    storage = make_storage(plan.storage_url)
+    name = plan.trials.study_name
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(base), pruner=make_pruner(base))
+    study_id = storage.get_study_id_from_name(name)
+    while True:
+        with study_lock(plan.storage_url, name):
+            reap_stale(study, storage, study_id, plan.trials.tracking_uri)
+            trial = _next_trial(study, base, plan.total, plan.deadline)
+        if trial is None:
+            return 0
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            with _heartbeat(storage, trial_id):
+                outcome = run_trial(plan.trials, trial, base)
+        except TrialInterrupted as stop:
+            trial.set_user_attr("stop_reason", StopReason.INTERRUPTED.value)
+            _fail_and_retry(study, storage, trial_id)
+            return 128 + stop.signum
+        except BaseException:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("stop_reason", StopReason.FAILED.value)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        faults.point("trial_end")
+        _tell(study, trial, outcome)
+
+
+def _next_trial(study: Any, base: Spec, total: int, deadline: float | None) -> Any | None:
+    """Under the study lock: the next trial to run, or None when the sweep has nothing left (or time is up).
+
+    A queued retry of a crashed or interrupted trial goes first (it continues where it stopped). Otherwise a grid
+    queues its next point that no trial holds yet; another sampler asks for a new trial while fewer than ``total``
+    exist (a retried attempt and its retry count once)."""
+    from optuna.trial import TrialState
+
+    if deadline is not None and time.time() > deadline:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.WAITING for t in trials):
+        if base.sweep.sampler == "grid":  # type: ignore[union-attr]
+            point = _free_grid_point(base, trials, total)
+            if point is None:
+                return None
+            study.enqueue_trial(point, skip_if_exists=False)
+        elif len(trials) - len(retried_numbers(trials)) >= total:
+            return None
+    with warnings.catch_warnings():
+        # We beat the heartbeat ourselves (see _heartbeat); Optuna warns that it expects Study.optimize to do it.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+def _free_grid_point(base: Spec, trials: list[Any], total: int) -> dict[str, Any] | None:
+    """The first of the grid's first ``total`` points that no trial holds. A crashed or interrupted attempt does not
+    hold its point when no retry of it was queued."""
+    from optuna.trial import TrialState
+
+    retried = retried_numbers(trials)
+    taken = set()
+    for t in trials:
+        if t.number in retried or (t.state == TrialState.FAIL and StopReason.is_retry(t.user_attrs.get("stop_reason"))):
+            continue
+        # fixed_params first: the worker running a queued point writes its params one at a time, outside the lock
+        taken.add(point_key(t.system_attrs.get("fixed_params") or t.params))
+    return next((p for p in grid_points(base)[:total] if point_key(p) not in taken), None)
+
+
+def _tell(study: Any, trial: Any, outcome: TrialOutcome) -> None:
+    from optuna.trial import TrialState
+
+    if outcome.stop_reason is not None:
+        trial.set_user_attr("stop_reason", outcome.stop_reason.value)
+    if outcome.fail_reason:
+        trial.set_user_attr("fail_reason", outcome.fail_reason)
+    if outcome.state == "COMPLETE":
+        study.tell(trial, outcome.value)
+    else:
+        study.tell(trial, state=TrialState[outcome.state])
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every HEARTBEAT_S seconds while it runs, so other machines can tell it is alive."""
+    if not hasattr(storage, "record_heartbeat") or storage.get_heartbeat_interval() is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)
+
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, daemon=True, name="harness-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _fail_and_retry(study: Any, storage: Any, trial_id: int) -> bool:
+    """Mark a RUNNING trial FAIL and queue a copy that continues its MLflow run. False when another process has
+    already ended it (so only one retry is ever queued)."""
+    import optuna
+
+    try:
+        if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
+    return True
+
+
+def reap_stale(study: Any, storage: Any, study_id: int, tracking_uri: str) -> list[int]:
+    """Trials whose worker died: on this host, RUNNING with a dead pid (found at once); on any host, a stale heartbeat
+    (Optuna's check, after the grace period). Each is marked FAIL (stop_reason=crashed), its MLflow run FAILED, and
+    a retry is queued. Returns the reaped trial numbers from this host."""
+    import optuna
+    from optuna.trial import TrialState
+
+    reaped: list[int] = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, thost = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if thost != host or pid is None or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        with contextlib.suppress(Exception):
+            storage.set_trial_user_attr(trial_id, "stop_reason", StopReason.CRASHED.value)
+        if not _fail_and_retry(study, storage, trial_id):
+            continue  # another process got there first
+        reaped.append(t.number)
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            mark_run_crashed(client_for(tracking_uri), run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's own answer to dead workers
+        optuna.storages.fail_stale_trials(study)
+    return reaped
+
+
+# ----------------------------------------------------------------------------------------------------------- processes
+
+
+def _worker_entry(plan: WorkerPlan) -> None:
+    # A spawned worker keeps the default SIGINT behaviour, so Ctrl-C in the terminal reaches the trainer's handler.
+    try:
+        code = work(plan)
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
+
+
+def run_workers(plan: WorkerPlan, n: int) -> int | None:
+    """Run ``n`` worker processes to the end; returns the signal that interrupted them, if one did."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker_entry, args=(plan,), name=f"harness-worker-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+    received: int | None = None
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal received
+        received = signum
+        for p in procs:
+            if p.is_alive() and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    codes = [p.exitcode for p in procs]
+    if any(c not in (0, 130, 143) for c in codes) and received is None:
+        raise HarnessError(f"a sweep worker failed (exit codes {codes}); see its output above")
+    return received or next((c - 128 for c in codes if c in (130, 143)), None)

@@ -1,0 +1,239 @@
+"""One MLflow run, written through ``MlflowClient`` with explicit run ids (never the fluent run stack).
+
+Metrics are buffered and written with ``log_batch``. After a resume, metric points at or below the last step already
+stored for a key are dropped, so a replayed stretch of steps (bit-identical values) appears exactly once. Every write
+goes through one retry layer (:meth:`MlflowTracker._retry`); MLflow's own HTTP retries are off (see
+:func:`harness.tracking.store.client_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from harness.testing import faults
+from harness.tracking.store import TrackingError
+
+__all__ = ["MlflowTracker", "PENDING", "local_artifact_dir"]
+
+_PARAM_LIMIT = 6000
+PENDING = "pending_metrics.jsonl"
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The folder a run's artifacts live in when it is on this machine (a path or ``file:`` URI), else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _transient(exc: Exception) -> bool:
+    """Worth another try: anything but a request the store refused as invalid (a 4xx other than 429)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        return not (400 <= status < 500) or status == 429
+    return True
+
+
+class MlflowTracker:
+    """One MLflow run, written through MlflowClient with buffered metrics."""
+
+    def __init__(self, client: Any, run_id: str, *, flush_every: int = 500, retries: int | None = None, backoff_s: float = 0.5):
+        self.client = client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self.retries = retries if retries is not None else int(os.environ.get("HARNESS_TRACKING_RETRIES", "5"))
+        self.backoff_s = float(os.environ.get("HARNESS_TRACKING_BACKOFF", backoff_s))
+        self._buffer: list[Any] = []
+        self.offline = False  # set when the store stayed unreachable: stop talking to it, keep buffering
+        self._skip: dict[str, int] = {}
+        run = client.get_run(run_id)
+        self.experiment_id = run.info.experiment_id
+        self.artifact_uri = run.info.artifact_uri
+        self.local_artifacts = local_artifact_dir(self.artifact_uri)
+
+    # -- construction ----------------------------------------------------------------------------------------------
+    @classmethod
+    def ensure_experiment(cls, client: Any, name: str) -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name)
+        except Exception:  # another process created it between our two calls
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @classmethod
+    def start(cls, client: Any, *, experiment: str, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> MlflowTracker:
+        exp_id = cls.ensure_experiment(client, experiment)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id)
+
+    @classmethod
+    def attach(cls, client: Any, run_id: str) -> MlflowTracker:
+        """Re-open an existing run; metric points already stored are not written again."""
+        tracker = cls(client, run_id)
+        run = client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        for key in run.data.metrics:
+            history = client.get_metric_history(run_id, key)
+            if history:
+                tracker._skip[key] = max(m.step for m in history)
+        return tracker
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+    def _retry(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # MLflow raises many types for transport failures
+                if attempt == self.retries or not _transient(exc):
+                    raise TrackingError(f"could not {what} after {self.retries + 1} attempts: {str(exc).splitlines()[0][:300]}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(items), 100):
+            self._retry("log params", self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        from mlflow.entities import Metric
+
+        if step <= self._skip.get(key, -1):
+            return
+        self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+
+    def maybe_flush(self) -> None:
+        """Flush once enough points are buffered (call between events, so an event's points go together)."""
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def spill(self, folder: Path) -> int:
+        """Write the unflushed metrics to ``folder/pending_metrics.jsonl`` (appending); returns how many."""
+        if not self._buffer:
+            return 0
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / PENDING, "a", encoding="utf-8") as fh:
+            for m in self._buffer:
+                fh.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        n = len(self._buffer)
+        self._buffer.clear()
+        return n
+
+    def replay_pending(self, folder: Path) -> int:
+        """Log metrics a previous session could not write (see spill), then remove the file. Returns how many."""
+        from mlflow.entities import Metric
+
+        path = folder / PENDING
+        if not path.is_file():
+            return 0
+        n = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash mid-write
+            if d["step"] > self._skip.get(d["key"], -1):
+                self._buffer.append(Metric(d["key"], float(d["value"]), int(d["timestamp"]), int(d["step"])))
+                n += 1
+        self.flush()
+        path.unlink()
+        return n
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.log_metric(k, v, step)
+
+    def flush(self) -> None:
+        if self.offline:
+            return
+        while self._buffer:
+            chunk = self._buffer[:1000]
+            self._retry("write metrics", self.client.log_batch, self.run_id, metrics=chunk)
+            del self._buffer[: len(chunk)]
+            faults.point("flush")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        if self.offline:
+            return
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self._retry("set tags", self.client.log_batch, self.run_id, tags=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file, unless it already lives in this run's local artifact folder."""
+        if self.offline:
+            return
+        if self.local_artifacts is not None:
+            dest = self.local_artifacts / (artifact_path or "") / Path(path).name
+            if Path(path).resolve() == dest.resolve():
+                return
+        self._retry("upload an artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._retry("upload an artifact", self.client.log_text, self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        """A JSON (or, by suffix, YAML) artifact straight from memory."""
+        self._retry("upload an artifact", self.client.log_dict, self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure saved as an artifact straight from memory; the figure is closed afterwards."""
+        try:
+            self._retry("upload an artifact", self.client.log_figure, self.run_id, figure, artifact_file)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def download(self, artifact_path: str, dst: Path) -> Path:
+        if self.local_artifacts is not None:
+            return self.local_artifacts / artifact_path
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self._retry("download an artifact", self.client.download_artifacts, self.run_id, artifact_path, str(dst)))
+
+    def end(self, status: str) -> None:
+        self.flush()
+        self._retry("end the run", self.client.set_terminated, self.run_id, status=status)
+
+    def checkpoint_dir(self) -> Path:
+        """Where the trainer writes checkpoints: inside the artifact folder when it is local, else a staging folder."""
+        if self.local_artifacts is not None:
+            return self.local_artifacts / "checkpoints"
+        staging = Path(os.environ.get("HARNESS_STAGING", Path(tempfile.gettempdir()) / "harness-staging"))
+        return staging / self.run_id / "checkpoints"
+
+    def discard_staging(self) -> None:
+        if self.local_artifacts is None:
+            shutil.rmtree(self.checkpoint_dir().parent, ignore_errors=True)

@@ -1,0 +1,339 @@
+"""The training loop. It knows nothing of MLflow or Optuna: it emits events to callbacks and returns a result.
+
+Step convention: ``step`` counts optimizer updates. ``train/loss`` at step s is the loss of the s-th batch under the
+weights after s updates, so step 0 is the untrained model; an evaluation after s updates is logged at step s.
+
+A run reads top-down in :meth:`Trainer.fit`: evaluate the untrained model, then repeat (take a batch, forward,
+backward, clip, update; bookkeeping; epoch end, evaluation, periodic checkpoint) until the steps run out, a stop is
+asked for, or patience runs out; then a final evaluation, and the best weights are restored if early stopping asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.data.batches import Batches
+from harness.spec.schema import TrainSpec
+from harness.testing import faults
+from harness.train.checkpoint import BEST, LAST, capture_rng, load_checkpoint, periodic_name, prune_periodic, restore_rng, save_checkpoint
+from harness.train.events import (
+    Callback,
+    CheckpointSaved,
+    EpochEnd,
+    EvalEnd,
+    Event,
+    StepEnd,
+    StopReason,
+    StopTraining,
+    TrainResult,
+)
+from harness.train.optim import make_optimizer, make_scheduler
+from harness.train.runtime import StopSignals
+
+__all__ = ["Trainer", "cross_entropy"]
+
+EvalSets = dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the counted targets: (B, T, V) against (B, T), flattened to (B*T, V); -100 targets (padding,
+    prompts) do not count. Computed in fp32 even under bf16 autocast, where a log-softmax loses too much."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
+
+
+@dataclass
+class _Outcome:
+    """How the loop stopped, while it runs."""
+
+    reason: StopReason | None = None
+    message: str = ""
+    signal: int | None = None
+
+
+class Trainer:
+    """Runs the loop for one spec. Construct, optionally ``load`` a checkpoint, then ``fit``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: TrainSpec,
+        batches: Batches,
+        *,
+        eval_sets: EvalSets,
+        checkpoint_dir: Path,
+        device: torch.device,
+        callbacks: list[Callback] | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.model = model.to(device)
+        self.spec = spec
+        self.batches = batches
+        self.eval_sets = eval_sets
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = device
+        self.callbacks = list(callbacks or [])
+        self.meta = dict(meta or {})
+        self.optimizer = make_optimizer(self.model, spec)
+        self.steps_per_epoch = batches.steps_per_epoch
+        self.total_steps = spec.max_steps if spec.max_steps is not None else spec.epochs * self.steps_per_epoch  # type: ignore[operator]
+        self.scheduler = make_scheduler(self.optimizer, spec, self.total_steps)
+        # Progress, saved in every checkpoint (see state_dict).
+        self.step = 0
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_n = 0
+        self.last_eval: dict[str, float] = {}
+        self.last_train_loss: float | None = None
+        self.last_eval_at: int | None = None
+        self.elapsed_before = 0.0  # wall time of earlier sessions of this run
+        self.resumed_from: Path | None = None
+        self._t0: float | None = None
+        self._params: list[torch.nn.Parameter] = []
+        self.eval_every_steps, self.eval_every_epochs = self._eval_cadence()
+        self.watch = spec.early_stopping.metric if spec.early_stopping else ("val/loss" if eval_sets.get("val") else "train/loss_eval")
+        self.autocast = spec.precision == "bf16"
+
+    def _eval_cadence(self) -> tuple[int | None, int | None]:
+        """(every N steps, every N epochs): as the spec says; else once per epoch, or 10 times in a step-limited run."""
+        ev = self.spec.eval
+        if ev.every_steps is not None:
+            return ev.every_steps, None
+        if ev.every_epochs is not None or self.spec.epochs is not None:
+            return None, ev.every_epochs or 1
+        return max(1, self.total_steps // 10), None
+
+    # -- state -------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        elapsed = self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.batches.state_dict(),
+            "rng": capture_rng(),
+            "trainer": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "best": self.best,
+                "best_step": self.best_step,
+                "bad_evals": self.bad_evals,
+                "epoch_loss_sum": self.epoch_loss_sum,
+                "epoch_loss_n": self.epoch_loss_n,
+                "last_eval": dict(self.last_eval),
+                "last_train_loss": self.last_train_loss,
+                "last_eval_at": self.last_eval_at,
+                "elapsed": elapsed,
+            },
+            "meta": self.meta,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["sampler"])
+        t = state["trainer"]
+        self.step, self.epoch = int(t["step"]), int(t["epoch"])
+        self.best, self.best_step, self.bad_evals = t["best"], t["best_step"], int(t["bad_evals"])
+        self.epoch_loss_sum, self.epoch_loss_n = float(t["epoch_loss_sum"]), int(t["epoch_loss_n"])
+        self.last_eval, self.last_train_loss = dict(t["last_eval"]), t["last_train_loss"]
+        self.last_eval_at = t.get("last_eval_at")
+        self.elapsed_before = float(t.get("elapsed", 0.0))
+        restore_rng(state["rng"])
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(load_checkpoint(path))
+        self.resumed_from = Path(path)
+
+    # -- the run -----------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        self._t0 = time.perf_counter()
+        self.model.train()
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        out = _Outcome()
+        with StopSignals() as signals:
+            try:
+                if self.step == 0 and self.resumed_from is None:
+                    out.reason = self._evaluate_and_track()  # step 0: the untrained model, to compare with ln(vocab)
+                while out.reason is None and self.step < self.total_steps:
+                    if signals.received is not None:
+                        out.reason, out.signal = StopReason.INTERRUPTED, signals.received
+                        break
+                    self._train_step(out)
+                if out.reason is None:
+                    out.reason = StopReason.COMPLETED
+                if out.reason is StopReason.COMPLETED and self.last_eval_at != self.step:
+                    self._evaluate_and_track()  # always end with an evaluation of the final weights
+            except StopTraining as request:
+                out.reason, out.message = request.reason, request.message
+            if out.reason in (StopReason.INTERRUPTED, StopReason.PRUNED, StopReason.FAILED):
+                self._save(LAST, "last")  # so the run can be resumed (or inspected) where it stopped
+        if out.reason is StopReason.EARLY_STOPPED:
+            self._restore_best(out)
+        return TrainResult(
+            stop_reason=out.reason,
+            steps=self.step,
+            epochs=self.epoch,
+            best_metric=self.best,
+            best_step=self.best_step,
+            last_eval=dict(self.last_eval),
+            last_train_loss=self.last_train_loss,
+            wall_time_s=self.elapsed_before + time.perf_counter() - self._t0,
+            message=out.message,
+            signal=out.signal,
+        )
+
+    def _train_step(self, out: _Outcome) -> None:
+        """One optimizer step and everything due after it; sets ``out.reason`` when the run must stop."""
+        t_step = time.perf_counter()
+        x, y = self.batches.next()
+        epoch_end = self.batches.at_epoch_start  # the batch just drawn was the epoch's last
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+
+        # forward and backward
+        with self._autocast():
+            logits = self.model(x)
+        loss = cross_entropy(logits, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            self._diverged(out, lr, loss_value, float("nan"), f"loss became {loss_value} at step {self.step}")
+            return
+        loss.backward()
+        clip = self.spec.clip_grad_norm
+        norm_value = torch.nn.utils.clip_grad_norm_(self._params, max_norm=clip if clip is not None else float("inf")).item()
+        if not math.isfinite(norm_value):  # never apply a non-finite update
+            self._diverged(out, lr, loss_value, norm_value, f"gradient norm became {norm_value} at step {self.step}")
+            return
+
+        # update
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+        # Bookkeeping for the whole step before telling anyone: a callback may stop the run (or the process may die)
+        # during the events, and a checkpoint taken then must describe a whole step.
+        epoch_mean = self._count_step(loss_value, epoch_end)
+        self._emit(StepEnd(step=self.step - 1, epoch=self.epoch - int(epoch_mean is not None), loss=loss_value, lr=lr,
+                           grad_norm=norm_value, clipped=clip is not None and norm_value > clip,
+                           tokens_per_sec=x.numel() / max(time.perf_counter() - t_step, 1e-9)))
+        faults.point("step")
+
+        # what is due after the step
+        if epoch_mean is not None:
+            self._emit(EpochEnd(step=self.step, epoch=self.epoch, train_loss=epoch_mean))
+        if self._eval_due(epoch_end):
+            out.reason = self._evaluate_and_track()
+        if self._periodic_checkpoint_due(epoch_end):
+            self._save(periodic_name(self.step), "periodic")
+            prune_periodic(self.checkpoint_dir, self.spec.checkpoint.keep)
+
+    def _count_step(self, loss_value: float, epoch_end: bool) -> float | None:
+        """Advance step (and epoch) counters; returns the epoch's mean train loss when an epoch just ended."""
+        self.step += 1
+        self.last_train_loss = loss_value
+        self.epoch_loss_sum += loss_value
+        self.epoch_loss_n += 1
+        if not (epoch_end and self.spec.epochs is not None):
+            return None
+        self.epoch += 1
+        mean = self.epoch_loss_sum / max(self.epoch_loss_n, 1)
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        return mean
+
+    def _diverged(self, out: _Outcome, lr: float, loss_value: float, norm_value: float, message: str) -> None:
+        self._emit(StepEnd(step=self.step, epoch=self.epoch, loss=loss_value, lr=lr, grad_norm=norm_value, clipped=False,
+                           tokens_per_sec=0.0))
+        out.reason, out.message = StopReason.DIVERGED, message
+
+    def _restore_best(self, out: _Outcome) -> None:
+        """Early stopping with restore_best: load the best weights; the final metrics then describe those weights."""
+        es = self.spec.early_stopping
+        if es is None or not es.restore_best or not (self.checkpoint_dir / BEST).is_file():
+            return
+        self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / BEST)["model"])
+        self.last_eval = self.evaluate()
+        out.message = f"restored the best weights from step {self.best_step}"
+
+    # -- evaluation --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over the fixed evaluation batches of each split, in eval mode (no dropout)."""
+        was_training = self.model.training
+        self.model.eval()
+        out: dict[str, float] = {}
+        try:
+            for split, batches in self.eval_sets.items():
+                if not batches:
+                    continue
+                total, count = 0.0, 0
+                for x, y in batches:
+                    x, y = x.to(self.device), y.to(self.device)
+                    with self._autocast():
+                        logits = self.model(x)
+                    n = int((y != -100).sum())
+                    total += cross_entropy(logits, y).item() * n
+                    count += n
+                    faults.point("eval")
+                out["val/loss" if split == "val" else "train/loss_eval"] = total / max(count, 1)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _evaluate_and_track(self) -> StopReason | None:
+        """Evaluate, track the best value, save best/last checkpoints; EARLY_STOPPED when patience runs out."""
+        metrics = self.evaluate()
+        self.last_eval, self.last_eval_at = metrics, self.step
+        value = metrics.get(self.watch)
+        improved = False
+        es = self.spec.early_stopping
+        if value is not None and math.isfinite(value):
+            if self.best is None or value < self.best - (es.min_delta if es else 0.0):
+                self.best, self.best_step, self.bad_evals, improved = value, self.step, 0, True
+            else:
+                self.bad_evals += 1
+        self._emit(EvalEnd(step=self.step, epoch=self.epoch, metrics=metrics, improved=improved, best=self.best))
+        if improved:
+            self._save(BEST, "best")
+        self._save(LAST, "last")
+        if es and self.bad_evals >= es.patience:
+            return StopReason.EARLY_STOPPED
+        return None
+
+    def _eval_due(self, epoch_end: bool) -> bool:
+        if self.eval_every_steps is not None:
+            return self.step % self.eval_every_steps == 0
+        return epoch_end and self.eval_every_epochs is not None and self.epoch % self.eval_every_epochs == 0
+
+    def _periodic_checkpoint_due(self, epoch_end: bool) -> bool:
+        ck = self.spec.checkpoint
+        if ck.every_steps is not None and self.step % ck.every_steps == 0:
+            return True
+        return bool(epoch_end and ck.every_epochs is not None and self.epoch % ck.every_epochs == 0)
+
+    # -- helpers -----------------------------------------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        for cb in self.callbacks:
+            cb(event)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _save(self, name: str, kind: str) -> None:
+        path = self.checkpoint_dir / name
+        save_checkpoint(self.state_dict(), path, keep_previous=(kind == "last"))
+        self._emit(CheckpointSaved(step=self.step, path=path, kind=kind))

@@ -107,8 +107,11 @@ class MlflowTracker:
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # MLflow raises many types for transport failures
-                if attempt == self.retries or not _transient(exc):
-                    raise TrackingError(f"could not {what} after {self.retries + 1} attempts: {str(exc).splitlines()[0][:300]}") from None
+                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                if not _transient(exc):
+                    raise TrackingError(f"could not {what}: the store refused it ({reason})") from None
+                if attempt == self.retries:
+                    raise TrackingError(f"could not {what} after {self.retries + 1} attempts: {reason}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
         return None

@@ -192,7 +192,8 @@ def dashboard_plan(target: str, *, storage: str | None = None, host: str = "127.
     from harness.tracking import parse_store_url
 
     ref = resolve_study(target, storage=storage, uri=uri)
-    load_study(ref)  # fail here, with the studies that do exist, rather than in a browser
+    with load_study(ref):  # fail here, with the studies that do exist, rather than in a browser
+        pass
     url_storage = parse_store_url(ref.storage).absolute()
     installed = importlib.util.find_spec("optuna_dashboard") is not None
     if installed and not port_free(host, port):

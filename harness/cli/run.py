@@ -20,6 +20,8 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--study", help="sweep: study name (default: the spec name)")
     r.add_argument("--workers", type=int, help="sweep: worker processes on this machine (overrides sweep.workers)")
     r.add_argument("--n-trials", type=int, dest="n_trials", help="sweep: trials to finish (overrides sweep.n_trials)")
+    r.add_argument("--storage", metavar="URL", help="sweep: Optuna storage shared by every machine, e.g. postgresql://user@db-host/harness "
+                                                    "(overrides sweep.storage and HARNESS_STUDY_STORAGE)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     r.set_defaults(fn=cmd_run)
 
@@ -71,7 +73,7 @@ def _run_sweep(spec: Any, args: argparse.Namespace) -> int:
         print(f"sweep {s.study_name}: {s.total} trials, sampler {s.sampler}, {s.workers} worker{'s' if s.workers > 1 else ''}, storage {s.storage}")
         print(f"parent run {s.parent_run_id} in experiment '{s.experiment}'", flush=True)
 
-    result = run_sweep(spec, fresh=args.fresh, study_name=args.study, workers=args.workers, n_trials=args.n_trials, spec_file=args.spec,
+    result = run_sweep(spec, fresh=args.fresh, study_name=args.study, workers=args.workers, n_trials=args.n_trials, storage=args.storage, spec_file=args.spec,
                        progress=None if args.quiet else TrialProgress, on_start=None if args.quiet else started)
     print_sweep_summary(result)
     return 128 + (result.signal or signal.SIGINT) if result.interrupted else 0

@@ -3,6 +3,9 @@ as a pandas frame joined to their MLflow runs."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,18 +93,25 @@ def resolve_study(target: str, *, storage: str | None = None, uri: str | None = 
                      "folder, or pass --storage URL")
 
 
-def load_study(ref: StudyRef) -> Any:
+@contextlib.contextmanager
+def load_study(ref: StudyRef) -> Iterator[Any]:
+    """The study, open for the ``with`` block; a database storage's connections are closed after it."""
     import optuna
 
     from harness.sweep.storage import make_storage
 
     storage = make_storage(ref.storage)
     try:
-        return optuna.load_study(study_name=ref.name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        hint = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-        raise UsageError(f"no study named '{ref.name}' in {ref.storage}{hint}") from None
+        try:
+            yield optuna.load_study(study_name=ref.name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            hint = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
+            raise UsageError(f"no study named '{ref.name}' in {ref.storage}{hint}") from None
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def study(target: str, *, storage: str | None = None, uri: str | None = None) -> Any:
@@ -114,9 +124,9 @@ def study(target: str, *, storage: str | None = None, uri: str | None = None) ->
     from harness.sweep.study import retried_numbers
 
     ref = resolve_study(target, storage=storage, uri=uri)
-    st = load_study(ref)
-    df = st.trials_dataframe()
-    trials = st.get_trials(deepcopy=False)
+    with load_study(ref) as st:
+        df = st.trials_dataframe()
+        trials = st.get_trials(deepcopy=True)
     if df.empty:
         df = pd.DataFrame({"number": pd.Series(dtype="int64")})
     retried = retried_numbers(trials)

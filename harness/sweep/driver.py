@@ -44,6 +44,7 @@ def run_sweep(
     study_name: str | None = None,
     workers: int | None = None,
     n_trials: int | None = None,
+    storage: str | None = None,
     spec_file: str = "<spec>",
     uri: str | None = None,
     progress: Callable[[str], Any] | None = None,
@@ -51,7 +52,7 @@ def run_sweep(
 ) -> SweepResult:
     """Run (or resume) the sweep that ``spec.sweep`` describes and return its trial table.
 
-    ``workers`` and ``n_trials`` override the spec's; ``progress`` makes a trial's progress display from its label
+    ``workers``, ``n_trials`` and ``storage`` (an Optuna storage URL) override the spec's; ``progress`` makes a trial's progress display from its label
     (it must be picklable, e.g. a class, when workers > 1); ``on_start`` hears what is about to run."""
     from harness.data.checks import validate_data
     from harness.tracking import client_for
@@ -67,7 +68,7 @@ def run_sweep(
     check_store(uri)
     validate_data(spec, file=spec_file)
     name = study_name or spec.name
-    url = storage_url(sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
+    url = storage_url(storage or sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
     reap_stale_runs(client_for(uri))
     opened = open_study(spec, name=name, url=url, fresh=fresh, uri=uri, total=total)
     if on_start is not None:
@@ -81,8 +82,13 @@ def run_sweep(
         trials=TrialSettings(study_name=name, parent_run_id=opened.parent_run_id, tracking_uri=uri, spec_file=spec_file,
                              threads=_threads_per_worker(n_workers), progress=progress),
     )
-    signum = _run(plan, n_workers)
-    result = finalize(spec, opened, uri=uri, interrupted=signum is not None)
+    try:
+        signum = _run(plan, n_workers)
+        result = finalize(spec, opened, uri=uri, interrupted=signum is not None)
+    finally:
+        engine = getattr(opened.storage, "engine", None)  # an RDB storage's connections: closed, not left to the GC
+        if engine is not None:
+            engine.dispose()
     result.signal = signum
     return result
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import Issue, SpecError, UsageError
-from harness.spec import Spec, flatten, spec_to_dict, spec_to_yaml
+from harness.spec import Spec, flatten, is_named_corpus, spec_to_dict, spec_to_yaml
 from harness.sweep.storage import make_storage, study_lock
 from harness.tracking import MlflowTracker, client_for
 
@@ -74,8 +74,24 @@ def retried_numbers(trials: list[Any]) -> set[int]:
 
 
 def _comparable(spec: Spec) -> dict[str, Any]:
+    """The spec's fields that can change a result. A corpus file counts by its content, not its path, so machines
+    that keep the same file in different places run the same study."""
     flat = flatten(spec_to_dict(spec))
-    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS)}
+    out = {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS)}
+    if not is_named_corpus(spec.data.corpus):
+        out["data.corpus"] = f"file with sha256 {_file_digest(spec.data.corpus)}"
+    return out
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return f"unreadable ({path})"
+    return digest.hexdigest()[:16]
 
 
 def spec_digest(spec: Spec) -> str:

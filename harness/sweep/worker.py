@@ -45,7 +45,6 @@ class WorkerPlan:
 
 def work(plan: WorkerPlan) -> int:
     """Take and run trials until none is queued. Returns 0, or 128 + the signal (130, 143) when interrupted."""
-    import optuna
 
     if plan.trials.threads:
         import torch
@@ -53,6 +52,17 @@ def work(plan: WorkerPlan) -> int:
         torch.set_num_threads(plan.trials.threads)
     base = spec_from_dict(plan.spec_dict, file=plan.trials.spec_file)
     storage = make_storage(plan.storage_url)
+    try:
+        return _take_trials(plan, base, storage)
+    finally:
+        engine = getattr(storage, "engine", None)  # an RDB storage's connections: closed, not left to the GC
+        if engine is not None:
+            engine.dispose()
+
+
+def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
+    import optuna
+
     name = plan.trials.study_name
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(base), pruner=make_pruner(base))
     study_id = storage.get_study_id_from_name(name)

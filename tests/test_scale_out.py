@@ -1,0 +1,164 @@
+"""Several machines on one PostgreSQL study and one MLflow tracking server, with real servers.
+
+Each "machine" is a separate `harness run` process with its own working directory, TMPDIR and HOME, so the workers
+share nothing but the two servers: checkpoints reach another worker only through the server's artifact store.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+STEPS, EVAL = 6, 2
+
+
+def _spec(name: str, lrs: list[float], **sweep) -> dict:
+    """A tiny char model on a slice of the sonnets (a shipped corpus, so the machines share no file)."""
+    return {
+        "name": name,
+        "seed": 5,
+        "data": {"corpus": "shakespeare/sonnets", "max_chars": 3000, "seq_len": 16, "val_fraction": 0.2},
+        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
+        "train": {"max_steps": STEPS, "batch_size": 4, "optimizer": {"lr": 1e-3}, "eval": {"every_steps": EVAL, "batches": 2},
+                  "device": "cpu", "threads": 1},
+        "tracking": {"experiment": name, "sample_tokens": 0},
+        "sweep": {"sampler": "grid", "params": {"train.optimizer.lr": lrs}, **sweep},
+    }
+
+
+class Machine:
+    """A worker with nothing in common with the others but the servers."""
+
+    def __init__(self, root: Path, name: str, tracking_uri: str):
+        self.dir = root / name
+        for sub in ("home", "tmp", "work"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MLFLOW_"))}
+        self.env.update(HOME=str(self.dir / "home"), TMPDIR=str(self.dir / "tmp"), MLFLOW_TRACKING_URI=tracking_uri)
+        self.log = self.dir / "harness.log"
+
+    def start(self, spec: dict, storage: str, *args: str, **env: str) -> subprocess.Popen:
+        path = self.dir / "work" / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        with open(self.log, "a") as log:
+            return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--storage", storage, "-q", *args],
+                                    cwd=self.dir / "work", env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def _wait(procs: list[subprocess.Popen], machines: list[Machine], timeout: float = 300) -> list[int]:
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return codes
+
+
+def _trials(storage: str, name: str) -> list:
+    """The study's trials, read on a connection that is closed again (psycopg warns about one left open)."""
+    import optuna
+
+    rdb = optuna.storages.RDBStorage(storage)
+    try:
+        return optuna.load_study(study_name=name, storage=rdb).get_trials()
+    finally:
+        rdb.engine.dispose()
+
+
+@pytest.fixture
+def servers(pg_server, mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    return pg_server.url("harness"), mlflow_server.uri, MlflowClient(tracking_uri=mlflow_server.uri)
+
+
+def test_three_machines_run_a_12_point_grid_exactly_once(servers, tmp_path):
+    storage, uri, client = servers
+    name = f"grid12-{uuid.uuid4().hex[:6]}"
+    lrs = [round(1e-3 * (i + 1), 6) for i in range(12)]
+    machines = [Machine(tmp_path, f"m{i}", uri) for i in range(3)]
+    procs = [m.start(_spec(name, lrs), storage) for m in machines]
+    codes = _wait(procs, machines)
+    assert codes == [0, 0, 0], "\n\n".join(m.output() for m in machines)
+
+    trials = _trials(storage, name)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["train.optimizer.lr"] for t in complete) == lrs, "every point completes exactly once"
+    assert len(trials) == 12
+    assert len({t.user_attrs["pid"] for t in complete}) >= 1
+
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 12 and {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    # Every artifact comes back through the server (no machine's disk is reachable from here).
+    table = client.download_artifacts(parents[0].info.run_id, "trials.csv", str(tmp_path / "parent"))
+    assert len(Path(table).read_text().strip().splitlines()) == 13  # header + 12 trials
+    for child in children:
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:/")
+        folder = tmp_path / "dl" / child.info.run_id
+        for artifact in ("spec.yaml", "tokenizer.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+            assert Path(client.download_artifacts(child.info.run_id, artifact, str(folder))).stat().st_size > 0
+
+
+def test_a_killed_machines_trial_is_resumed_elsewhere_from_the_artifact_store(servers, tmp_path):
+    storage, uri, client = servers
+    name = f"kill-{uuid.uuid4().hex[:6]}"
+    spec = _spec(name, [1e-3, 2e-3])
+    victim, rescuer = Machine(tmp_path, "victim", uri), Machine(tmp_path, "rescuer", uri)
+    # The victim dies by SIGKILL after step 4 of its first trial: its checkpoint at the evaluation of step 4 is uploaded.
+    (code,) = _wait([victim.start(spec, storage, HARNESS_KILL_AT="step:5")], [victim])
+    assert code == -9, victim.output()
+    trials = _trials(storage, name)
+    (killed,) = [t for t in trials if t.state.name == "RUNNING"]
+    run_id = killed.user_attrs["mlflow_run_id"]
+
+    (code,) = _wait([rescuer.start(spec, storage)], [rescuer])
+    assert code == 0, rescuer.output()
+
+    trials = _trials(storage, name)
+    states = Counter((t.params.get("train.optimizer.lr"), t.state.name) for t in trials)
+    assert states == Counter({(1e-3, "FAIL"): 1, (1e-3, "COMPLETE"): 1, (2e-3, "COMPLETE"): 1}), states
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert failed.number == killed.number and failed.user_attrs["stop_reason"] == "crashed"
+    retry = next(t for t in trials if t.state.name == "COMPLETE" and t.params["train.optimizer.lr"] == 1e-3)
+    assert retry.user_attrs["mlflow_run_id"] == run_id, "the retry continues the same MLflow run"
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["harness.resumes"] == "1"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(STEPS)), "no step logged twice, none missing"
+    assert not [r for r in client.search_runs([run.info.experiment_id]) if r.info.status == "RUNNING"]
+
+
+def test_two_invocations_of_a_tpe_study_run_exactly_n_trials(servers, tmp_path):
+    storage, uri, client = servers
+    name = f"tpe-{uuid.uuid4().hex[:6]}"
+    spec = copy.deepcopy(_spec(name, []))
+    spec["train"]["max_steps"] = 2
+    spec["sweep"] = {"sampler": "tpe", "n_trials": 10, "params": {"train.optimizer.lr": {"float": [1e-4, 1e-2], "log": True}}}
+    machines = [Machine(tmp_path, f"t{i}", uri) for i in range(2)]
+    codes = _wait([m.start(spec, storage) for m in machines], machines)
+    assert codes == [0, 0], "\n\n".join(m.output() for m in machines)
+    trials = _trials(storage, name)
+    assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
+    assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 10

@@ -42,6 +42,8 @@ class SpecError(HarnessError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """``N problems in <where>:`` and one line per issue; <where> is the file (or ``--set``) when they share one."""
         n = len(self.issues)
-        head = f"{n} problem{'s' if n != 1 else ''} in spec"
-        return head + ":\n" + "\n".join(f"  - {i}" for i in self.issues)
+        files = {i.file for i in self.issues}
+        where = f" in {files.pop()}" if len(files) == 1 and None not in files else ""
+        return f"{n} problem{'s' if n != 1 else ''}{where}:\n" + "\n".join(f"  - {i}" for i in self.issues)

@@ -75,10 +75,11 @@ def _from_path(target: Path, last: bool) -> _Source:
 
 def _from_run(run_id: str, last: bool, uri: str | None, tmp: Path) -> _Source:
     from harness.results.store import children, get_run, open_store, role
+    from harness.tracking.lookup import resolve_run_id
     from harness.tracking.tracker import local_artifact_dir
 
     client, uri = open_store(uri)
-    run = get_run(client, run_id)
+    run = get_run(client, resolve_run_id(client, run_id, uri=uri) or run_id)
     if run is None:
         raise UsageError(f"no run with id '{run_id}' in the tracking store {uri}")
     notes: list[str] = []
@@ -123,8 +124,8 @@ def generate(target: str | Path, prompt: str = "", *, max_tokens: int = 200, tem
     from harness.data.tokenizers import tokenizer_from_dict
     from harness.errors import SpecError
     from harness.model import GPT
-    from harness.results.store import RUN_ID
     from harness.spec import read_yaml, spec_from_dict
+    from harness.tracking.lookup import RUN_ID_PREFIX
     from harness.train.checkpoint import load_checkpoint
 
     if max_tokens < 0:
@@ -138,10 +139,10 @@ def generate(target: str | Path, prompt: str = "", *, max_tokens: int = 200, tem
         path = Path(text_target).expanduser()
         if path.exists():
             src = _from_path(path, last)
-        elif RUN_ID.match(text_target):
+        elif RUN_ID_PREFIX.match(text_target):
             src = _from_run(text_target, last, uri, Path(tmp))
         else:
-            raise UsageError(f"'{text_target}' is neither a checkpoint file nor a run id (32 hex characters)")
+            raise UsageError(f"'{text_target}' is neither a checkpoint file nor a run id (or a unique prefix of one)")
         state = load_checkpoint(src.checkpoint)
         try:
             spec = spec_from_dict(read_yaml(src.spec_yaml), file=str(src.spec_yaml))

@@ -76,7 +76,11 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
             "--workers", str(workers)]
     # MLflow 3 starts a job runner with a pool of Huey consumers next to the server (for GenAI jobs we never use):
     # a dozen processes on a 2-core laptop. Turn it off.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Each uvicorn worker imports starlette.middleware.wsgi, which warns that it is deprecated (MLflow's business, not
+    # the user's): one StarletteDeprecationWarning per worker on every start. Filter that one message.
+    quiet = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
+    inherited = os.environ.get("PYTHONWARNINGS")
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": f"{inherited},{quiet}" if inherited else quiet}
     warnings = [] if is_loopback(host) else [_exposed_warning(host, "the MLflow UI")]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"

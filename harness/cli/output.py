@@ -76,6 +76,10 @@ def print_sweep_summary(result: Any) -> None:
     for _, row in failed.iterrows():
         print(f"  trial {row['trial']} failed: {str(row['fail_reason']).splitlines()[0][:300]}")
     print(f"parent run {result.parent_run_id}; study '{result.study_name}' in {result.storage}")
+    print(f"tracking: {result.tracking_uri}")
+    if result.still_running:
+        print(f"{result.still_running} trial{'s' if result.still_running != 1 else ''} still running in other invocations; "
+              "the last one to finish closes the parent run")
     if result.interrupted:
         print("interrupted: run the same command again to resume the study")
 

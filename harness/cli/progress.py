@@ -1,4 +1,8 @@
-"""Progress display: a rich bar on a terminal, plain periodic lines otherwise (logs, CI, pipes)."""
+"""Progress display: a rich bar on a terminal, plain periodic lines otherwise (logs, CI, pipes).
+
+Both fit 80 columns without losing the step counter, the losses or the ETA: the bar shrinks first, then the lr and
+the epoch go, then tokens/s.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,21 @@ from typing import Any, TextIO
 __all__ = ["Progress", "TrialProgress"]
 
 
+def _tokens(tps: float) -> str:
+    return f"{tps / 1000:.1f}k tok/s" if tps >= 1000 else f"{tps:.0f} tok/s"
+
+
 class Progress:
     """A trainer callback. ``total`` steps; ``label`` prefixes each line (e.g. the trial number)."""
 
     def __init__(self, total: int | None = None, *, label: str = "", stream: TextIO | None = None, interactive: bool | None = None,
-                 every_s: float = 10.0):
+                 every_s: float = 10.0, width: int | None = None):
         self.stream = stream or sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.total = total
         self.label = label
         self.every_s = every_s
+        self.width = width  # None: the terminal's width
         self._bar: Any = None
         self._task: Any = None
         self._last_print = 0.0
@@ -34,73 +43,104 @@ class Progress:
     def set_total(self, total: int) -> None:
         self.total = total
 
+    # -- what to show ------------------------------------------------------------------------------------------------
     def _eta(self, step: int) -> str:
         if not self.total or self._first_step is None or step <= self._first_step:
-            return "?"
+            return "eta ?"
         rate = (step - self._first_step) / max(time.perf_counter() - self._t0, 1e-9)
         left = (self.total - step) / max(rate, 1e-9)
-        return time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h"
+        return "eta " + (time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h")
 
-    def _start_bar(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+    def _fields(self, room: int) -> str:
+        """The run's numbers in at most ``room`` characters, the most important kept longest."""
+        d = self._last
+        core = " ".join(p for p in (f"loss {d['loss']:.4f}" if "loss" in d else "", f"val {d['val/loss']:.4f}" if "val/loss" in d else "") if p)
+        extras = [f"ep {d['epoch']}" if "epoch" in d else "", _tokens(d["tps"]) if "tps" in d else "", f"lr {d['lr']:.1e}" if "lr" in d else ""]
+        text = core
+        for extra in extras:
+            if extra and len(text) + 1 + len(extra) <= room:
+                text = f"{text} {extra}" if text else extra
+        return text[:room]
 
-        self._bar = RichProgress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(),
-            console=Console(file=self.stream),
-            transient=False,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(self.label or "train", total=self.total, info="")
+    def _counter(self) -> str:
+        step = self._last.get("step", 0)
+        return f"{step}/{self.total}" if self.total else str(step)
 
+    # -- events ------------------------------------------------------------------------------------------------------
     def __call__(self, event: Any) -> None:
-        from harness.train.events import EvalEnd, StepEnd
+        from harness.train.events import EvalEnd, Stopping, StepEnd
 
+        if isinstance(event, Stopping):
+            self._stopping(event)
+            return
         if isinstance(event, StepEnd):
             if self._first_step is None:
                 self._first_step = event.step
                 self._t0 = time.perf_counter()
             self._last.update(step=event.step + 1, epoch=event.epoch, loss=event.loss, lr=event.lr, tps=event.tokens_per_sec)
         elif isinstance(event, EvalEnd):
-            self._last.update({k: v for k, v in event.metrics.items()})
+            self._last.update(event.metrics)
         else:
             return
-        info = self._info()
         if self.interactive:
-            if self._bar is None:
-                self._start_bar()
-            self._bar.update(self._task, completed=self._last.get("step", 0), info=info)
-            return
-        now = time.perf_counter()
-        done = self.total is not None and self._last.get("step") == self.total
-        step = self._last.get("step", 0)
-        if step == self._printed_step and not isinstance(event, EvalEnd):
-            return
-        if isinstance(event, EvalEnd) or now - self._last_print >= self.every_s or done:
-            self._last_print = now
-            self._printed_step = step
-            total = f"/{self.total}" if self.total else ""
-            prefix = f"[{self.label}] " if self.label else ""
-            print(f"{prefix}step {step}{total} {info} eta {self._eta(step)}", file=self.stream, flush=True)
+            self._redraw()
+        else:
+            self._print_line(force=isinstance(event, EvalEnd))
 
-    def _info(self) -> str:
-        d = self._last
-        parts = []
-        if "epoch" in d:
-            parts.append(f"epoch {d['epoch']}")
-        if "loss" in d:
-            parts.append(f"loss {d['loss']:.4f}")
-        if "val/loss" in d:
-            parts.append(f"val {d['val/loss']:.4f}")
-        if "lr" in d:
-            parts.append(f"lr {d['lr']:.2e}")
-        if "tps" in d:
-            parts.append(f"{d['tps']:,.0f} tok/s")
-        return " | ".join(parts)
+    def _stopping(self, event: Any) -> None:
+        """Ctrl-C or SIGTERM: say at once that the run is stopping, and what it does before it ends."""
+        self.close()
+        print(f"{'[' + self.label + '] ' if self.label else ''}stopping at step {event.step}: {event.doing}", file=self.stream, flush=True)
+
+    def _width(self) -> int:
+        if self.width is not None:
+            return self.width
+        import shutil
+
+        return shutil.get_terminal_size((80, 24)).columns
+
+    def _redraw(self) -> None:
+        if self._bar is None:
+            self._start_bar()
+        width = self._width()
+        label = (self.label or "train")[:14]
+        fixed = len(label) + len(self._counter()) + len(self._eta(self._last.get("step", 0))) + 3
+        bar = max(0, min(30, width - fixed - 30 - 2))  # the bar takes what the numbers leave
+        room = width - fixed - (bar + 1 if bar else 0) - 1
+        self._bar.columns[1].bar_width = bar if bar else 1
+        self._bar.update(self._task, completed=self._last.get("step", 0), description=label, info=self._fields(room),
+                         counter=self._counter(), eta=self._eta(self._last.get("step", 0)))
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress as RichProgress, TextColumn
+
+        console = Console(file=self.stream, width=self.width) if self.width is not None else Console(file=self.stream)
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=10),
+            TextColumn("{task.fields[counter]}"),
+            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[eta]}"),
+            console=console,
+            transient=False,
+            expand=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.label or "train", total=self.total, info="", counter="", eta="")
+
+    def _print_line(self, *, force: bool) -> None:
+        now = time.perf_counter()
+        step = self._last.get("step", 0)
+        done = self.total is not None and step == self.total
+        if step == self._printed_step and not force:
+            return
+        if not (force or done or now - self._last_print >= self.every_s):
+            return
+        self._last_print, self._printed_step = now, step
+        prefix = f"[{self.label}] " if self.label else ""
+        head, eta = f"{prefix}step {self._counter()}", self._eta(step)
+        print(f"{head} {self._fields(self._width() - len(head) - len(eta) - 2)} {eta}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

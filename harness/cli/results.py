@@ -11,6 +11,7 @@ from harness.errors import UsageError
 __all__ = ["add_commands"]
 
 _TABLE_METRICS = ("val/loss", "best/val/loss", "train/loss", "train/loss_eval")
+_FINAL_METRICS = ("val/loss", "train/loss", "train/loss_eval", "train/loss_epoch")
 
 
 def add_commands(sub: Any) -> None:
@@ -20,7 +21,8 @@ def add_commands(sub: Any) -> None:
     r.add_argument("selector", nargs="+", help=sel_help)
     r.add_argument("--csv", metavar="PATH", help="write every column to this CSV file")
     r.add_argument("--parquet", metavar="PATH", help="write every column to this parquet file (needs pyarrow)")
-    r.add_argument("--sort", metavar="COLUMN", help="sort by a column, e.g. val/loss, best/val/loss, train.optimizer.lr")
+    r.add_argument("--sort", metavar="COLUMN", help="sort by a column: best/val/loss (the lowest over the run), val/loss (the final "
+                                                 "value), train.optimizer.lr, ... (default: a sweep's objective, else oldest first)")
     r.add_argument("--desc", action="store_true", help="sort descending (default ascending)")
     r.add_argument("--top", type=int, metavar="N", help="keep the first N rows (after sorting)")
     r.add_argument("--all-columns", action="store_true", help="print every column, not the summary")
@@ -54,17 +56,35 @@ def _sort_key(df: Any, key: str) -> str:
     raise UsageError(f"cannot sort by '{key}': no such column" + (f"; did you mean {', '.join(close)}?" if close else ""))
 
 
+def _order(df: Any, args: argparse.Namespace) -> tuple[str, bool, str] | None:
+    """(column, ascending, how to say it): --sort as asked; by default a sweep's trials by its objective."""
+    from harness.results.frames import objective_order
+
+    if args.sort:
+        key = _sort_key(df, args.sort)
+        return key, not args.desc, f"sorted by {key}{' (final value)' if key in _FINAL_METRICS else ''}, {'descending' if args.desc else 'ascending'}"
+    found = objective_order(df)
+    if found is None:
+        return None
+    key, ascending = found
+    return key, ascending, f"sorted by {key}, the sweep's objective ({'lowest' if ascending else 'highest'} first)"
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from harness import results
     from harness.results.values import changed_params
 
+    from harness.tracking import tracking_uri
+
+    uri = tracking_uri()
     df = results.runs(args.selector if len(args.selector) > 1 else args.selector[0], include_parents=args.include_parents)
     if df.empty:
         print(f"no runs in {' '.join(args.selector)}" + ("" if args.include_parents else " (sweep parent runs are left out; --include-parents)"))
         return 0
-    if args.sort:
-        key = _sort_key(df, args.sort)
-        df = df.sort_values(key, ascending=not args.desc, na_position="last", kind="stable").reset_index(drop=True)
+    order = _order(df, args)
+    if order is not None:
+        key, ascending, _ = order
+        df = df.sort_values(key, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     if args.top is not None:
         if args.top < 1:
             raise UsageError("--top must be at least 1")
@@ -81,11 +101,12 @@ def cmd_results(args: argparse.Namespace) -> int:
         if df["trial"].notna().any():
             cols.append("trial")
         cols += ["stop_reason"] + changed + [m for m in _TABLE_METRICS if m in df.columns] + ["steps", "wall_time_s"]
-        if args.sort and _sort_key(df, args.sort) not in cols:
-            cols.append(_sort_key(df, args.sort))
+        if order is not None and order[0] not in cols:
+            cols.append(order[0])
     print_frame(df[cols])
-    print(f"\n{len(df)} run{'s' if len(df) != 1 else ''}" + (f", sorted by {_sort_key(df, args.sort)}" if args.sort else "")
+    print(f"\n{len(df)} run{'s' if len(df) != 1 else ''}, " + (order[2] if order is not None else "oldest first")
           + ("" if args.all_columns else f"; {len(df.columns)} columns in all (--all-columns, --csv or --parquet for the rest)"))
+    print(f"store: {uri}")
     for path in (args.csv, args.parquet):
         if path:
             print(f"wrote {path}")

@@ -36,11 +36,6 @@ def add_commands(sub: Any) -> None:
     rs.set_defaults(fn=cmd_resume)
 
 
-def _spec_problems(exc: Any, path: str) -> str:
-    """A SpecError's text with its file in the header (an issue from --set names only the option)."""
-    return exc.render().replace("problems in spec", f"problems in {path}").replace("problem in spec", f"problem in {path}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import load_spec
     from harness.errors import SpecError
@@ -48,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as exc:
-        print_err(f"error: {_spec_problems(exc, args.spec)}")
+        print_err(f"error: {exc.render()}")
         return exc.exit_code
     if spec.is_sweep:
         return _run_sweep(spec, args)
@@ -103,7 +98,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             spec = load_spec(path, args.set)
         except SpecError as exc:
             bad += 1
-            print(_spec_problems(exc, path))
+            print(exc.render())
             continue
         sw = spec.sweep
         kind = f"sweep of {sw.grid_size() if sw.sampler == 'grid' else sw.n_trials} trials" if sw else "run"

@@ -36,7 +36,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"the tracking store is a server already: open {plan.url}")
         return 0
     if args.dry_run:
-        print(f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {plan.command}")
+        import shlex
+
+        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()) + f" {plan.command}")
         return 0
     print(f"MLflow UI for {plan.store}")
     print(f"  starting at {plan.url}  (one worker; takes a few seconds; Ctrl-C to stop)", flush=True)

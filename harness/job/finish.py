@@ -25,11 +25,13 @@ def finish(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult
         facts["initial_loss"] = built.logger.initial_loss
     _log_summary(tracker, result, built.trainer.watch)
     _tag_outcome(tracker, result, facts)
-    _log_plots(spec, tracker)
-    if result.stop_reason not in (StopReason.DIVERGED, StopReason.FAILED):
-        sample = sample_text(spec, built)
-        if sample:
-            tracker.log_text(sample, "sample.txt")
+    # An interrupted run ends quickly (the user is waiting): its plots and sample come when it is resumed and ends.
+    if result.stop_reason is not StopReason.INTERRUPTED:
+        _log_plots(spec, tracker)
+        if result.stop_reason not in (StopReason.DIVERGED, StopReason.FAILED):
+            sample = sample_text(spec, built)
+            if sample:
+                tracker.log_text(sample, "sample.txt")
     _upload_checkpoints(spec, tracker, built)
     tracker.end(result.stop_reason.status)
     return _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)

@@ -22,6 +22,7 @@ from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict,
 from harness.testing import faults
 from harness.tracking import MlflowTracker, check_store, client_for, tracking_uri
 from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live, run_is_set_up
+from harness.tracking.lookup import resolve_run_id
 from harness.train.events import StopReason
 
 __all__ = ["load_run_spec", "resume", "run"]
@@ -177,6 +178,7 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
     uri = tracking_uri(uri)
     check_store(uri)
     client = client_for(uri)
+    run_id = resolve_run_id(client, run_id, uri=uri) or run_id  # a short id, as the tables print it
     stored = _resumable_run(client, run_id, uri, allow_finished=allow_finished, assume_dead=assume_dead)
     with tempfile.TemporaryDirectory(prefix="harness-resume-") as tmp:
         spec = load_run_spec(MlflowTracker(client, run_id), Path(tmp))

@@ -9,10 +9,10 @@ from typing import Any
 
 from harness.errors import HarnessError, UsageError
 from harness.results.metrics import BEST_KEYS, best_by_run, load_metrics, metric_order
-from harness.results.store import experiment_names, open_store, select_runs
+from harness.results.store import experiment_names, get_run, open_store, select_runs
 from harness.results.values import changed_params, parse_value, schema_hint, swept_params, typed_series
 
-__all__ = ["INFO_COLUMNS", "Selector", "export", "history", "params_of", "runs", "runs_frame"]
+__all__ = ["INFO_COLUMNS", "Selector", "export", "history", "objective_order", "params_of", "runs", "runs_frame"]
 
 Selector = str | Sequence[str]
 
@@ -92,7 +92,31 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
         cols[key] = typed_series([p.get(key) for p in parsed], hint=schema_hint(key))
     df = pd.DataFrame(cols)
     df.attrs["params"] = [k for k in _param_order(parsed) if k in df.columns]
+    df.attrs["objective"] = _sweep_objective(client, selected)
     return df
+
+
+def _sweep_objective(client: Any, selected: Sequence[Any]) -> tuple[str, str] | None:
+    """(metric, direction) of the sweep these runs are trials of, when they come from one sweep."""
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in selected if r.data.tags.get("harness.role") == "trial"}
+    if len(parents) != 1:
+        return None
+    parent = get_run(client, parents.pop())  # type: ignore[arg-type]
+    if parent is None:
+        return None
+    params = parent.data.params
+    return params.get("sweep.objective.metric", "val/loss"), params.get("sweep.objective.direction", "minimize")
+
+
+def objective_order(df: Any) -> tuple[str, bool] | None:
+    """(column, ascending) that ranks a :func:`runs` frame of one sweep's trials by the sweep's objective: the best
+    value of its metric, in its direction. None for runs that are not one sweep's trials."""
+    objective = df.attrs.get("objective")
+    if not objective:
+        return None
+    metric, direction = objective
+    column = f"best/{metric}" if f"best/{metric}" in df.columns and direction == "minimize" else metric
+    return (column, direction == "minimize") if column in df.columns else None
 
 
 def _param_order(parsed: Sequence[dict[str, Any]]) -> list[str]:

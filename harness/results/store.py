@@ -7,16 +7,15 @@ study name (the runs tagged ``harness.study``); a list of selectors selects thei
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.errors import UsageError
 from harness.tracking import client_for, parse_store_url, tracking_uri
+from harness.tracking.lookup import RUN_ID, resolve_run_id
 
 __all__ = ["RUN_ID", "children", "experiment_names", "get_run", "open_store", "role", "search_runs", "select_runs"]
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def open_store(uri: str | None = None) -> tuple[Any, str]:
@@ -73,8 +72,9 @@ def _quote_ok(s: str) -> bool:
 def select_runs(client: Any, selector: str | Sequence[str], *, uri: str = "", include_parents: bool = False) -> list[Any]:
     """The runs a selector names, oldest first.
 
-    A selector is a run id, a sweep's parent run id (its trials), an experiment name (its runs), an experiment id, or a
-    study name (the trials tagged ``harness.study``); a list of selectors is their union. Sweep parent runs carry no
+    A selector is a run id (or a unique prefix of one), a sweep's parent run id (its trials),
+    an experiment name (its runs), an experiment id, or a study name (the trials tagged ``harness.study``); a list of
+    selectors is their union. Sweep parent runs carry no
     training metrics, so they are left out unless ``include_parents``.
     """
     if not isinstance(selector, str):
@@ -110,6 +110,9 @@ def select_runs(client: Any, selector: str | Sequence[str], *, uri: str = "", in
         tagged = search_runs(client, _all_experiment_ids(client), f"tags.`harness.study` = '{sel}'")
         if tagged:
             return [r for r in tagged if keep(r)]
+    full = resolve_run_id(client, sel, uri=uri)  # a short id, as the tables print it
+    if full is not None and full != sel:
+        return select_runs(client, full, uri=uri, include_parents=include_parents)
     raise UsageError(_unknown(client, sel, uri))
 
 

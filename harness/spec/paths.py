@@ -57,13 +57,42 @@ def check_path(path: str, *, allow_sweep: bool = True) -> str | None:
     return f"unknown field path '{path}'{hint}"
 
 
+# Names people bring from other tools (nanoGPT, Hugging Face, the textbook) -> the field name here.
+SYNONYMS = {
+    "learning_rate": "lr", "lr_max": "lr", "max_lr": "lr", "peak_lr": "lr", "lr_min": "min_lr", "wd": "weight_decay",
+    "steps": "max_steps", "max_iters": "max_steps", "iters": "max_steps", "num_steps": "max_steps", "num_epochs": "epochs",
+    "n_epochs": "epochs", "batch": "batch_size", "bs": "batch_size", "block_size": "seq_len", "context_length": "seq_len",
+    "context": "seq_len", "n_embd": "d_model", "hidden_size": "d_model", "n_layer": "n_layers", "num_layers": "n_layers",
+    "n_head": "n_heads", "num_heads": "n_heads", "ffn_dim": "d_ff", "intermediate_size": "d_ff", "dropout_rate": "dropout",
+    "grad_clip": "clip_grad_norm", "max_grad_norm": "clip_grad_norm", "eval_interval": "every_steps", "eval_iters": "batches",
+    "warmup": "warmup_steps", "warmup_iters": "warmup_steps", "dataset": "corpus", "data_path": "corpus",
+}
+
+
 def closest_path(path: str, candidates: list[str]) -> str | None:
-    """The valid path a typo most likely meant: a sibling with a similar name, else a similar full path."""
+    """The valid path a mistaken one most likely meant.
+
+    In order: a sibling with a similar name (``train.optimizer.lrr``); the one field whose name is the path's last
+    segment, or its synonym (``lr``, ``train.lr``, ``learning_rate`` -> ``train.optimizer.lr``); a field whose name is
+    spelled like it; a similar full path."""
     parent, _, leaf = path.rpartition(".")
     siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
     if siblings:
         close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
-        return siblings[close[0]] if close else None
+        if close:
+            return siblings[close[0]]
+    by_leaf: dict[str, list[str]] = {}
+    for c in candidates:
+        by_leaf.setdefault(c.rpartition(".")[2], []).append(c)
+    for name in (leaf, SYNONYMS.get(leaf.lower(), "")):
+        matches = by_leaf.get(name, [])
+        if len(matches) == 1:
+            return matches[0]
+        if matches:  # several fields share the name (every_steps): the one whose path shares most with the given one
+            return max(matches, key=lambda c: len(set(c.split(".")) & set(path.split("."))))
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+    if close and len(by_leaf[close[0]]) == 1:
+        return by_leaf[close[0]][0]
     close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.6)
     return close[0] if close else None
 

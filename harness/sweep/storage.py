@@ -1,6 +1,7 @@
 """Where a study lives (an Optuna storage URL) and the lock that serialises study set-up and trial hand-out.
 
-* Storage: ``sweep.storage``, else ``HARNESS_STUDY_STORAGE``, else ``sqlite:///studies/<study>.db``. Any Optuna RDB
+* Storage: ``--storage`` or ``sweep.storage``, else ``HARNESS_STUDY_STORAGE``, else ``studies/<study>.db`` (SQLite) in
+  the project root. Any Optuna RDB
   URL works (PostgreSQL for several machines), and a path ending in ``.log`` (or ``journal:<path>``) is a journal file.
 * The study lock is held while a study is created or joined and while a worker takes its next trial. It lives where
   the study lives: a PostgreSQL advisory lock (or MySQL ``GET_LOCK``) in the study database itself, so it holds across
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.tracking.store import local_lock, parse_store_url, quiet_mlflow
+from harness.tracking.store import local_lock, parse_store_url, project_root, quiet_mlflow
 
 __all__ = ["GRACE_S", "HEARTBEAT_S", "make_storage", "storage_url", "study_lock"]
 
@@ -26,16 +27,16 @@ HEARTBEAT_S = 20  # a running trial records a heartbeat this often
 GRACE_S = 90  # a trial whose heartbeat is older than this is stale: its worker died (on any machine)
 
 
-def storage_url(configured: str | None, study_name: str, *, studies_dir: Path | None = None) -> str:
-    """The study's storage URL: ``configured`` (the spec's), else ``HARNESS_STUDY_STORAGE``, else a SQLite file
-    ``<studies_dir>/<study>.db`` (default ``studies/``)."""
+def storage_url(configured: str | None, study_name: str) -> str:
+    """The study's storage URL: ``configured`` (``--storage`` or the spec's), else ``HARNESS_STUDY_STORAGE``, else a
+    SQLite file ``studies/<study>.db`` in the project root (next to ``mlruns/``; see
+    :func:`harness.tracking.store.project_root`)."""
     if configured:
         return configured
     env = os.environ.get("HARNESS_STUDY_STORAGE")
     if env:
         return env
-    folder = studies_dir if studies_dir is not None else Path("studies")
-    return f"sqlite:///{folder / f'{study_name}.db'}"
+    return f"sqlite:///{project_root() / 'studies' / f'{study_name}.db'}"
 
 
 def _is_journal(url: str) -> bool:

@@ -1,6 +1,6 @@
 """Where runs are stored: the tracking URI, one parser for store and study URLs, the fail-fast check, the client.
 
-Store URLs come in four kinds: ``sqlite:///path.db`` (the default, ``mlruns/mlflow.db``), another SQL database
+Store URLs come in four kinds: ``sqlite:///path.db`` (the default: ``mlruns/mlflow.db`` in the project root), another SQL database
 (``postgresql://``, ``mysql://``; parsed with SQLAlchemy's :func:`~sqlalchemy.engine.make_url`), ``http(s)://`` (an
 ``mlflow server``), and a local folder (a plain path or ``file:`` URI: MLflow's file store, or an Optuna journal).
 """
@@ -19,18 +19,19 @@ from urllib.parse import unquote, urlparse
 from harness.errors import HarnessError
 
 __all__ = [
-    "DEFAULT_TRACKING_URI",
+    "STORE_DIR",
     "StoreURL",
     "TrackingError",
     "check_store",
     "client_for",
     "local_lock",
     "parse_store_url",
+    "project_root",
     "quiet_mlflow",
     "tracking_uri",
 ]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+STORE_DIR = "mlruns"  # a project's MLflow store: <project root>/mlruns/mlflow.db (SQLite) and its artifacts
 POSTGRES_INSTALL = 'pip install -e ".[postgres]"'
 
 
@@ -38,9 +39,20 @@ class TrackingError(HarnessError):
     """The tracking store cannot be reached or written."""
 
 
+def project_root(start: Path | None = None) -> Path:
+    """Where a project's runs and studies live: the nearest folder, from the working directory up, that already holds
+    an ``mlruns/`` folder; else the working directory. So a command run from a subfolder (``experiments/``) uses the
+    project's store instead of starting a second one there."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / STORE_DIR).is_dir():
+            return folder
+    return here
+
+
 def tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``MLFLOW_TRACKING_URI``, else the project default."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``uri``, else ``MLFLOW_TRACKING_URI``, else the project's SQLite store (an absolute path; see project_root)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE_DIR / 'mlflow.db'}"
 
 
 # ----------------------------------------------------------------------------------------------------------- parsing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,6 +34,18 @@ def local_artifact_dir(artifact_uri: str) -> Path | None:
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
     return None
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """A new experiment's artifacts, for a local SQLite store: ``<store folder>/<experiment>/`` next to the database,
+    wherever the command runs (MLflow's default would be ``./mlruns`` in the working directory). Other stores decide
+    for themselves (None)."""
+    from harness.tracking.store import parse_store_url
+
+    store = parse_store_url(tracking_uri)
+    if store.kind != "sqlite" or store.path is None:
+        return None
+    return str(store.path.resolve().parent / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment))
 
 
 def _transient(exc: Exception) -> bool:
@@ -71,7 +84,7 @@ class MlflowTracker:
                 client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=_artifact_location(str(client.tracking_uri), name))
         except Exception:  # another process created it between our two calls
             exp = client.get_experiment_by_name(name)
             if exp is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Callback", "CheckpointSaved", "EpochEnd", "EvalEnd", "Event", "StepEnd", "StopReason", "StopTraining", "TrainResult"]
+__all__ = ["Callback", "CheckpointSaved", "EpochEnd", "EvalEnd", "Event", "StepEnd", "StopReason", "StopTraining", "Stopping", "TrainResult"]
 
 
 class StopReason(str, enum.Enum):
@@ -81,6 +81,14 @@ class EpochEnd(Event):
 class CheckpointSaved(Event):
     path: Path
     kind: str  # "last", "best", "periodic"
+
+
+@dataclass(frozen=True)
+class Stopping(Event):
+    """The run noticed Ctrl-C or SIGTERM after ``step`` updates and is stopping; ``doing`` says what it does first."""
+
+    reason: StopReason
+    doing: str
 
 
 class Callback(Protocol):

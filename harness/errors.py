@@ -45,5 +45,6 @@ class SpecError(HarnessError):
         """``N problems in <where>:`` and one line per issue; <where> is the file (or ``--set``) when they share one."""
         n = len(self.issues)
         files = {i.file for i in self.issues}
-        where = f" in {files.pop()}" if len(files) == 1 and None not in files else ""
-        return f"{n} problem{'s' if n != 1 else ''}{where}:\n" + "\n".join(f"  - {i}" for i in self.issues)
+        shared = files.pop() if len(files) == 1 else None
+        lines = [f"{i.path or '<top level>'}: {i.message}" if shared else str(i) for i in self.issues]
+        return f"{n} problem{'s' if n != 1 else ''}{f' in {shared}' if shared else ''}:\n" + "\n".join(f"  - {line}" for line in lines)

@@ -31,8 +31,37 @@ def check_data(spec: Spec, *, file: str | None = None) -> list[Issue]:
     return issues
 
 
+def _task_sizes(spec: Spec, file: str | None) -> list[Issue]:
+    """A classify or instruct dataset: it loads, has the fields and labels it needs, and each split holds a batch."""
+    from harness.data.datasets import load_classify, load_instruct
+
+    task, data, train = spec.task, spec.data, spec.train
+    assert task.dataset is not None
+    try:
+        if task.kind == "classify":
+            rows: list = load_classify(task.dataset, text_field=task.text_field, label_field=task.label_field)
+            labels = {r.label for r in rows}
+            if len(labels) < 2:
+                return [Issue(file, "task.label_field", f"classify needs at least 2 labels; {task.dataset} has {sorted(labels)}")]
+        else:
+            rows = load_instruct(task.dataset)
+    except CorpusError as exc:
+        return [Issue(file, exc.path, str(exc))]
+    n_val = int(round(len(rows) * data.val_fraction))
+    issues = []
+    if train.batch_size > len(rows) - n_val:
+        issues.append(Issue(file, "train.batch_size", f"batch_size {train.batch_size} is larger than the {len(rows) - n_val} training rows of "
+                            f"{task.dataset} (an epoch would have no full batch)"))
+    if data.val_fraction > 0 and n_val < train.batch_size:
+        issues.append(Issue(file, "data.val_fraction", f"the validation split has {n_val} rows, fewer than one batch of {train.batch_size}; "
+                            "raise val_fraction or lower batch_size"))
+    return issues
+
+
 def _sizes(spec: Spec, file: str | None) -> list[Issue]:
     """Problems that only show once the corpus is read: sizes of the split against seq_len and batch_size."""
+    if spec.task.kind != "lm":
+        return _task_sizes(spec, file)
     data, train = spec.data, spec.train
     try:
         prep = prepare(data)

@@ -5,6 +5,7 @@ One rule says how far apart training windows start (:func:`window_stride`); the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.corpora import corpus_key, load_text
-from harness.data.tokenizers import Tokenizer, make_tokenizer
+from harness.data.tokenizers import Tokenizer, make_tokenizer, tokenizer_from_dict
 from harness.spec.schema import DataSpec
 
 __all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "window_stride"]
@@ -67,17 +68,27 @@ def _pad_rows(docs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, int]:
     return rows, truncated
 
 
-def prepare(data: DataSpec) -> Prepared:
-    """Load, tokenize and split the corpus that ``data`` names. Cached per process (and per version of a user file)."""
-    return _prepare_cached(data.model_dump_json(), corpus_key(data.corpus))
+def prepare(data: DataSpec, tokenizer: Tokenizer | None = None) -> Prepared:
+    """Load, tokenize and split the corpus that ``data`` names. Cached per process (and per version of a user file).
+
+    ``tokenizer`` (a source run's, when finetuning) encodes the corpus instead of one built from it; characters it
+    does not know are left out."""
+    saved = json.dumps(tokenizer.to_dict(), sort_keys=True) if tokenizer is not None else None
+    return _prepare_cached(data.model_dump_json(), corpus_key(data.corpus or ""), saved)
 
 
 @lru_cache(maxsize=8)
-def _prepare_cached(data_json: str, key: tuple[Any, ...]) -> Prepared:
+def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | None) -> Prepared:
     del key  # part of the cache key only: a changed user file is read again
     data = DataSpec.model_validate_json(data_json)
+    if data.corpus is None:
+        raise ValueError("prepare() reads a corpus; a classify or instruct task's examples come from harness.data.tasks")
     text = load_text(data.corpus, data.max_chars)
-    tok = make_tokenizer(data, text)
+    if tokenizer_json is None:
+        tok = make_tokenizer(data, text)
+    else:
+        tok = tokenizer_from_dict(json.loads(tokenizer_json))
+        text = tok.known(text)
     if data.sampling == "documents":
         return _documents(data, text, tok)
     ids = tok.encode(text)

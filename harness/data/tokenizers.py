@@ -52,6 +52,10 @@ class Tokenizer:
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def known(self, text: str) -> str:
+        """``text`` without what this tokenizer cannot encode (a byte-level BPE encodes everything)."""
+        return text
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
@@ -66,7 +70,7 @@ class CharTokenizer(Tokenizer):
         self.bos_id = len(self.chars) if bos else None
         self.vocab_size = len(self.chars) + int(bos)
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        self._index = {c: i for i, c in enumerate(self.chars)}
+        self._known = frozenset(self.chars)
 
     @classmethod
     def from_text(cls, text: str, *, bos: bool = False) -> CharTokenizer:
@@ -85,6 +89,10 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
         return "".join(self.chars[i] for i in (int(x) for x in ids) if i != self.bos_id)
+
+    def known(self, text: str) -> str:
+        """``text`` without the characters outside the vocabulary (a trained model cannot take them)."""
+        return text if self._known.issuperset(text) else "".join(c for c in text if c in self._known)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "char", "chars": self.chars, "bos": self.bos_id is not None}

@@ -113,12 +113,12 @@ def spec_from_dict(raw: Any, *, file: str | None = None) -> Spec:
 
 def variant(base: Spec, values: Mapping[str, Any], *, file: str | None = None, run_name: str | None = None) -> Spec:
     """``base`` as a run spec (no sweep section) with each dotted path in ``values`` set: what a sweep trial runs."""
-    raw = spec_to_dict(base)
+    raw = base.model_dump(mode="json", exclude_unset=True)  # what the spec says, not its defaults: they stay defaults
     raw.pop("sweep", None)
     for path, value in values.items():
         set_path(raw, path, value)
     if run_name is not None:
-        raw["tracking"]["run_name"] = run_name
+        raw.setdefault("tracking", {})["run_name"] = run_name
     return spec_from_dict(raw, file=file)
 
 

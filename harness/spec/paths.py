@@ -35,7 +35,7 @@ def field_paths(model: type[BaseModel] = Spec, prefix: str = "") -> dict[str, An
     """Every settable dotted path of the schema mapped to its annotation (nested models included)."""
     paths: dict[str, Any] = {}
     for name, info in model.model_fields.items():
-        path = f"{prefix}{name}"
+        path = f"{prefix}{info.alias or name}"  # init.from is spelled as in YAML
         paths[path] = info.annotation
         inner = inner_model(info.annotation)
         if inner is not None and path != "sweep.params":

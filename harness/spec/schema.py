@@ -17,6 +17,8 @@ __all__ = [
     "DataSpec",
     "EarlyStoppingSpec",
     "EvalSpec",
+    "FreezeBlocks",
+    "InitSpec",
     "ModelSpec",
     "ObjectiveSpec",
     "OptimizerSpec",
@@ -25,6 +27,7 @@ __all__ = [
     "ScheduleSpec",
     "Spec",
     "SweepSpec",
+    "TaskSpec",
     "TokenizerSpec",
     "TrackingSpec",
     "TrainSpec",
@@ -87,7 +90,7 @@ class TokenizerSpec(_Model):
 class DataSpec(_Model):
     """Where the text comes from and how it is cut into training examples."""
 
-    corpus: str = Field(description="a shipped corpus (shakespeare/<work>, names) or a path to a UTF-8 text file")
+    corpus: str | None = Field(None, description="a shipped corpus (shakespeare/<work>, names) or a path to a UTF-8 text file (task lm)")
     max_chars: int | None = Field(None, ge=1, description="keep only this many leading characters of the corpus")
     tokenizer: TokenizerSpec = Field(TokenizerSpec(), description="char, or tiktoken with an encoding")
     sampling: Literal["windows", "random", "documents"] = Field(
@@ -102,8 +105,8 @@ class DataSpec(_Model):
 
     @field_validator("corpus")
     @classmethod
-    def _corpus_not_empty(cls, value: str) -> str:
-        if not value.strip():
+    def _corpus_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must name a shipped corpus or a file path")
         return value
 
@@ -176,7 +179,9 @@ class EvalSpec(_Model):
 class EarlyStoppingSpec(_Model):
     """Stop when the metric has not improved for ``patience`` evaluations."""
 
-    metric: Literal["val/loss", "train/loss_eval"] = Field("val/loss", description="the evaluated metric to watch (lower is better)")
+    metric: Literal["val/loss", "train/loss_eval", "val/accuracy"] = Field(
+        "val/loss", description="the evaluated metric to watch (losses: lower is better; val/accuracy, task classify: higher is better)"
+    )
     patience: int = Field(ge=1, le=1_000_000, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0.0, description="an improvement must beat the best value by more than this")
     restore_best: bool = Field(True, description="load the best weights back before the run ends")
@@ -338,6 +343,68 @@ class SweepSpec(_Model):
         return size
 
 
+# ----------------------------------------------------------------------------------------------------------- finetuning
+
+
+class InitSpec(_Model):
+    """Start from a trained model's weights instead of random ones (its tokenizer and shape come with it)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    source: str = Field(alias="from", min_length=1, description="a run id (or a unique prefix), a sweep's parent run id (its best "
+                        "trial), an experiment name (its best finished run), or a path to a .pt checkpoint")
+    checkpoint: Literal["best", "last"] = Field("best", description="which of the source run's checkpoints")
+
+
+class FreezeBlocks(_Model):
+    """Train the head, the final layer norm and the last ``last_n_blocks`` transformer blocks; freeze the rest."""
+
+    last_n_blocks: int = Field(ge=0, le=1024, description="transformer blocks (counted from the top) that keep training")
+
+
+DEFAULT_TEMPLATE = "Instruction: {instruction}\n{input_line}Response: "
+
+
+class TaskSpec(_Model):
+    """What the model learns. ``classify`` alone is shorthand for ``{kind: classify}``."""
+
+    kind: Literal["lm", "classify", "instruct"] = Field(
+        "lm", description="lm: the next token of a corpus; classify: a label per text, from the last token's hidden state; "
+        "instruct: the responses of instruction/response pairs (prompt tokens are not graded)"
+    )
+    dataset: str | None = Field(None, description="classify/instruct: a shipped dataset (names_by_sex, play_lines, play_instruct) "
+                                "or a path to a .csv, .tsv or .jsonl file")
+    text_field: str = Field("text", min_length=1, description="classify: the column (or JSON key) holding the text")
+    label_field: str = Field("label", min_length=1, description="classify: the column (or JSON key) holding the label")
+    template: str = Field(DEFAULT_TEMPLATE, description="instruct: the prompt before each response; {instruction} and {input_line} "
+                          "(the input and a newline, or nothing) are filled in")
+    freeze: Literal["all_but_head", "none"] | FreezeBlocks | None = Field(
+        None, description="all_but_head, none, or {last_n_blocks: k}; default: all_but_head for classify, none otherwise"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.kind == "lm" and self.dataset is not None:
+            raise _at("dataset", "task lm trains on data.corpus; a dataset is for classify and instruct")
+        if self.kind != "lm" and self.dataset is None:
+            raise _at("dataset", f"task {self.kind} needs a dataset (a shipped one or a .csv/.tsv/.jsonl file)")
+        if self.kind == "instruct" and "{instruction}" not in self.template:
+            raise _at("template", "must contain {instruction}")
+        return self
+
+    @property
+    def frozen(self) -> str | FreezeBlocks:
+        """The freezing that applies (the task's default when none is given)."""
+        if self.freeze is not None:
+            return self.freeze
+        return "all_but_head" if self.kind == "classify" else "none"
+
+
 # ----------------------------------------------------------------------------------------------------------- spec
 
 
@@ -346,22 +413,37 @@ class Spec(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="experiment name: letters, digits, _ . -")
     seed: int = Field(1337, ge=0, lt=2**63, description="seed for weights, dropout and batch order")
+    init: InitSpec | None = Field(None, description="start from a trained run's weights (finetuning); absent: random weights")
+    task: TaskSpec = Field(TaskSpec(), description="what is learned: lm, classify or instruct")
     data: DataSpec = Field(description="corpus, tokenizer, split and sampling")
-    model: ModelSpec = Field(description="GPT shape")
+    model: ModelSpec | None = Field(None, description="GPT shape (required unless init gives it)")
     train: TrainSpec = Field(description="optimisation loop")
     tracking: TrackingSpec = Field(TrackingSpec(), description="MLflow experiment, run name and tags")
     sweep: SweepSpec | None = Field(None, description="Optuna sweep over this spec (absent for a single run)")
 
     @field_validator("data")
     @classmethod
-    def _documents_need_char(cls, data: DataSpec) -> DataSpec:
-        if data.sampling == "documents" and data.tokenizer.kind != "char":
-            raise _at("tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
+    def _data_fits_the_task(cls, data: DataSpec, info: ValidationInfo) -> DataSpec:
+        task = info.data.get("task")
+        if task is None or task.kind == "lm":
+            if data.corpus is None:
+                raise _at("corpus", "required field is missing (task lm trains on a corpus)")
+            if data.sampling == "documents" and data.tokenizer.kind != "char":
+                raise _at("tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
+            return data
+        # classify/instruct: one example per dataset row; the corpus options do not apply
+        for name in ("corpus", "max_chars", "sampling", "stride", "packing"):
+            if getattr(data, name) != DataSpec.model_fields[name].default:
+                raise _at(name, f"does not apply to task {task.kind} (its examples are the rows of task.dataset)")
         return data
 
     @field_validator("model")
     @classmethod
-    def _allocatable(cls, model: ModelSpec, info: ValidationInfo) -> ModelSpec:
+    def _allocatable(cls, model: ModelSpec | None, info: ValidationInfo) -> ModelSpec | None:
+        if model is None:
+            if "init" in info.data and info.data["init"] is None:
+                raise ValueError("required field is missing (only a spec with init takes its shape from the source run)")
+            return model
         data = info.data.get("data")
         n_params = estimate_parameters(model, vocab_size=256, seq_len=data.seq_len if data is not None else 1)
         if n_params > MAX_PARAMETERS:
@@ -370,11 +452,15 @@ class Spec(_Model):
 
     @field_validator("train")
     @classmethod
-    def _val_for_early_stopping(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
-        data = info.data.get("data")
+    def _watched_metric_exists(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        data, task = info.data.get("data"), info.data.get("task")
         es = train.early_stopping
-        if es is not None and es.metric == "val/loss" and data is not None and data.val_fraction == 0:
-            raise _at("early_stopping.metric", "val/loss needs data.val_fraction > 0 (or watch train/loss_eval)")
+        if es is None:
+            return train
+        if es.metric.startswith("val/") and data is not None and data.val_fraction == 0:
+            raise _at("early_stopping.metric", f"{es.metric} needs data.val_fraction > 0 (or watch train/loss_eval)")
+        if es.metric == "val/accuracy" and task is not None and task.kind != "classify":
+            raise _at("early_stopping.metric", "val/accuracy is measured for task classify only")
         return train
 
     @property

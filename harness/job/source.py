@@ -1,0 +1,182 @@
+"""A trained model to start from (``init.from``) or to sample from (``harness generate``): its checkpoint, the spec
+and tokenizer saved with it, and which run it belongs to.
+
+A target is a checkpoint file or a run's artifact/checkpoints folder (the spec and tokenizer are looked up beside
+it), a run id or a unique prefix of one (a sweep's parent run means its best trial), or an experiment name (its best
+finished run). A remote artifact store's files are downloaded once into a cache folder and read from there, so every
+trial of a finetuning sweep shares the one copy; nothing is written to the source run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.data.tokenizers import Tokenizer, tokenizer_from_dict
+from harness.errors import HarnessError, SpecError, UsageError
+from harness.spec import Spec, read_yaml, spec_from_dict
+
+__all__ = ["TrainedModel", "find_model"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    checkpoint: Path
+    spec: Spec  # the resolved spec the model was trained with
+    tokenizer: Tokenizer
+    run_id: str | None  # None for a checkpoint file given by path
+    notes: list[str] = field(default_factory=list)  # how the target was resolved, fallbacks taken
+
+    @property
+    def reference(self) -> str:
+        return f"run {self.run_id}" if self.run_id else str(self.checkpoint)
+
+
+def find_model(target: str, *, checkpoint: str = "best", uri: str | None = None) -> TrainedModel:
+    """The trained model ``target`` names (see the module doc); ``checkpoint`` is best or last (the other one is used,
+    with a note, when the asked-for one is missing)."""
+    path = Path(target).expanduser()
+    if path.exists():
+        return _from_path(path, checkpoint, [])
+    return _from_store(target, checkpoint, uri)
+
+
+# ----------------------------------------------------------------------------------------------------------- files
+
+
+def _pick(folder: Path, checkpoint: str, notes: list[str], where: str) -> Path:
+    want, other = f"{checkpoint}.pt", ("last.pt" if checkpoint == "best" else "best.pt")
+    if (folder / want).is_file():
+        return folder / want
+    if (folder / other).is_file():
+        notes.append(f"{where} has no {want}; using {other}")
+        return folder / other
+    present = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    raise UsageError(f"{where} has no {want} or {other} checkpoint" + (f" (found: {', '.join(present)})" if present else ""))
+
+
+def _beside(ckpt: Path, name: str) -> Path | None:
+    for folder in (ckpt.parent, ckpt.parent.parent):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _from_path(target: Path, checkpoint: str, notes: list[str], run_id: str | None = None) -> TrainedModel:
+    if target.is_dir():
+        folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+        ckpt = _pick(folder, checkpoint, notes, str(folder))
+    else:
+        ckpt = target
+    spec_yaml, tok_json = _beside(ckpt, "spec.yaml"), _beside(ckpt, "tokenizer.json")
+    if spec_yaml is None or tok_json is None:
+        missing = " and ".join(n for n, p in (("spec.yaml", spec_yaml), ("tokenizer.json", tok_json)) if p is None)
+        raise UsageError(f"{ckpt}: no {missing} next to it (looked in {ckpt.parent} and {ckpt.parent.parent}); "
+                         "pass a run id, or keep the checkpoint inside its run's artifact folder")
+    try:
+        spec = spec_from_dict(read_yaml(spec_yaml), file=str(spec_yaml))
+        tokenizer = tokenizer_from_dict(json.loads(tok_json.read_text(encoding="utf-8")))
+    except (OSError, ValueError, SpecError) as exc:
+        raise HarnessError(f"cannot read the spec or tokenizer next to {ckpt}: {exc}") from None
+    return TrainedModel(ckpt, spec, tokenizer, run_id, notes)
+
+
+# ----------------------------------------------------------------------------------------------------------- runs
+
+
+def _from_store(target: str, checkpoint: str, uri: str | None) -> TrainedModel:
+    from harness.tracking import check_store, client_for, tracking_uri
+    from harness.tracking.tracker import local_artifact_dir
+
+    uri = tracking_uri(uri)
+    store_path = _store_file(uri)
+    if store_path is not None and not store_path.exists():
+        raise UsageError(f"'{target}' is not a file, and there is no MLflow store at {store_path} to look it up in")
+    check_store(uri)
+    client = client_for(uri)
+    notes: list[str] = []
+    run = _run_for(client, target, uri, notes)
+    rid = run.info.run_id
+    local = local_artifact_dir(run.info.artifact_uri)
+    if local is not None:
+        if not (local / "spec.yaml").is_file():
+            raise UsageError(f"run {rid} has no spec.yaml artifact; it was not made by harness (or never got as far as training)")
+        return _from_path(local, checkpoint, notes, rid)
+    return _download(client, rid, checkpoint, notes, finished=run.info.status == "FINISHED")
+
+
+def _store_file(uri: str) -> Path | None:
+    from harness.tracking import parse_store_url
+
+    store = parse_store_url(uri)
+    return store.path if store.kind in ("sqlite", "local") else None
+
+
+def _run_for(client: Any, target: str, uri: str, notes: list[str]) -> Any:
+    """The run a target means: a run (id or prefix), a sweep parent's best trial, or an experiment's best run."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking.lookup import RUN_ID, resolve_run_id
+
+    run_id = resolve_run_id(client, target, uri=uri)
+    run = None
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+    if run is None:
+        exp = client.get_experiment_by_name(target)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            if RUN_ID.match(target):
+                raise UsageError(f"no run with id '{target}' in the tracking store {uri}")
+            raise UsageError(f"'{target}' is neither a checkpoint file, nor a run id, nor an experiment in {uri}")
+        run = _best_run(client, exp)
+        notes.append(f"experiment {target}: using its best finished run {run.info.run_id} ({run.info.run_name})")
+    if run.data.tags.get("harness.role") == "sweep":
+        run = _best_trial(client, run, notes)
+    return run
+
+
+def _best_trial(client: Any, parent: Any, notes: list[str]) -> Any:
+    best = parent.data.tags.get("harness.best_trial")
+    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
+    chosen = [k for k in kids if k.data.tags.get("harness.trial") == best]
+    if not chosen:
+        raise UsageError(f"run {parent.info.run_id} is a sweep's parent run with no best trial yet; pass a trial's run id")
+    notes.append(f"run {parent.info.run_id} is a sweep; using its best trial {best} (run {chosen[0].info.run_id})")
+    return chosen[0]
+
+
+def _best_run(client: Any, exp: Any) -> Any:
+    """The experiment's best finished training run: the highest best val accuracy where runs measure it, else the lowest
+    best val loss (else best train loss)."""
+    runs = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+            if r.data.tags.get("harness.role") != "sweep"]
+    for key, sign in (("summary/best_val_accuracy", -1.0), ("summary/best_val_loss", 1.0), ("summary/best_train_loss_eval", 1.0)):
+        scored = [(sign * r.data.metrics[key], r.info.start_time, r) for r in runs if math.isfinite(r.data.metrics.get(key, math.nan))]
+        if scored:
+            return min(scored, key=lambda t: (t[0], -t[1]))[2]
+    raise UsageError(f"experiment {exp.name} has no finished run to start from (run it first: harness run <its spec>)")
+
+
+def _download(client: Any, rid: str, checkpoint: str, notes: list[str], *, finished: bool) -> TrainedModel:
+    """The run's spec, tokenizer and checkpoint from a remote artifact store. A finished run's files never change, so
+    they are downloaded once into a cache folder; a run still going is fetched afresh."""
+    names = {p.path for p in client.list_artifacts(rid, "checkpoints")}
+    want = f"checkpoints/{checkpoint}.pt"
+    other = "checkpoints/last.pt" if checkpoint == "best" else "checkpoints/best.pt"
+    pick = want if want in names else other if other in names else None
+    if pick is None:
+        raise UsageError(f"run {rid} has no {want} or {other} artifact (checkpoint uploads are off, or it never saved one)")
+    if pick != want:
+        notes.append(f"run {rid} has no {want}; using {other}")
+    cache = Path(tempfile.gettempdir()) / "harness-models" / rid if finished else Path(tempfile.mkdtemp(prefix="harness-model-"))
+    for name in ("spec.yaml", "tokenizer.json", pick):
+        if not (cache / name).is_file():
+            client.download_artifacts(rid, name, str(cache / Path(name).parent))
+    return _from_path(cache / pick, checkpoint, notes, rid)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import child_env, make_spec, tree, write_spec
 from mlflow import MlflowClient
 
 TEXT = (
@@ -20,38 +20,23 @@ TEXT = (
 ) * 6
 
 
-def _spec(tmp: Path, **train_over) -> dict:
+def _spec(tmp: Path, **train) -> dict:
+    """A 24-step run on TEXT with a warmup-cosine schedule, clipping, dropout and periodic checkpoints; ``train`` keys
+    replace those of the train section."""
     corpus = tmp / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    train = {
-        "max_steps": 24,
-        "batch_size": 4,
-        "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
-        "schedule": {"name": "warmup_cosine", "warmup_steps": 4, "min_lr": 1e-4},
-        "clip_grad_norm": 1.0,
-        "eval": {"every_steps": 6, "batches": 2},
-        "checkpoint": {"every_steps": 8},
-    }
-    train.update(train_over)
-    return {
-        "name": "tiny",
-        "seed": 7,
-        "data": {"corpus": str(corpus), "tokenizer": "char", "sampling": "windows", "seq_len": 16, "val_fraction": 0.2},
-        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "dropout": 0.1},
-        "train": train,
-        "tracking": {"experiment": "e2e", "sample_tokens": 20},
-    }
-
-
-def _write(tmp: Path, spec: dict, name: str = "spec.yaml") -> Path:
-    p = tmp / name
-    p.write_text(yaml.safe_dump(spec), encoding="utf-8")
-    return p
+    spec = make_spec(corpus, seed=7, steps=24, eval_every=6, checkpoint_every=8, experiment="e2e", model={"dropout": 0.1},
+                     train={"optimizer": {"lr": 3e-3, "weight_decay": 0.01}, "clip_grad_norm": 1.0,
+                            "schedule": {"name": "warmup_cosine", "warmup_steps": 4, "min_lr": 1e-4}},
+                     tracking={"sample_tokens": 20})
+    spec["train"].update(train)
+    return spec
 
 
 def _harness(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_KILL_AT", "MLFLOW_TRACKING_URI")}
-    env.update({"PYTHONUNBUFFERED": "1", **(env_extra or {})})
+    """``python -m harness`` as a user runs it (the store is mlruns/ in ``cwd``), with warnings as errors."""
+    env = child_env(**(env_extra or {}))
+    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,14 +56,12 @@ def _history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("HARNESS_KILL_AT", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, mlruns/mlflow.db in the cwd
     return tmp_path
 
 
 def test_run_end_to_end_logs_params_metrics_artifacts_and_status(work):
-    spec = _write(work, _spec(work))
+    spec = write_spec(work, _spec(work))
     proc = _harness(["run", str(spec), "--set", "train.max_steps=12"], work)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "stop_reason=completed" in proc.stdout
@@ -121,7 +104,8 @@ def test_bad_spec_exits_2_and_creates_nothing(work):
     bad["train"]["optimizer"]["lr"] = -1
     bad["model"]["n_heads"] = 3
     bad["model"]["colour"] = "red"
-    spec = _write(work, bad)
+    spec = write_spec(work, bad)
+    before = tree(work)
     proc = _harness(["run", str(spec)], work)
     assert proc.returncode == 2
     err = proc.stderr
@@ -129,18 +113,18 @@ def test_bad_spec_exits_2_and_creates_nothing(work):
     assert "spec.yaml" in err
     for path in ("train.optimizer.lr", "model.n_heads", "model.colour"):
         assert path in err, err
-    assert not list(work.glob("mlruns/*")) and not list(work.glob("studies/*"))  # nothing was created
+    assert tree(work) == before, f"created {sorted(tree(work) - before)}"
 
 
 def test_unknown_override_path_suggests_the_closest(work):
-    spec = _write(work, _spec(work))
+    spec = write_spec(work, _spec(work))
     proc = _harness(["validate", str(spec), "--set", "train.optimizer.lrr=0.1"], work)
     assert proc.returncode == 2
     assert "did you mean train.optimizer.lr" in proc.stdout + proc.stderr
 
 
 def test_divergence_is_an_outcome_not_a_crash(work):
-    spec = _write(work, _spec(work, optimizer={"name": "sgd", "lr": 100.0}, clip_grad_norm=None, max_steps=40))
+    spec = write_spec(work, _spec(work, optimizer={"name": "sgd", "lr": 100.0}, clip_grad_norm=None, max_steps=40))
     proc = _harness(["run", str(spec)], work)
     assert proc.returncode == 1, proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
@@ -155,7 +139,7 @@ def test_divergence_is_an_outcome_not_a_crash(work):
 
 @pytest.mark.parametrize("kill_at", ["step:11", "eval:3", "checkpoint_write:2", "flush:2"])
 def test_kill_and_resume_is_bit_identical(work, kill_at):
-    spec = _write(work, _spec(work))
+    spec = write_spec(work, _spec(work))
     ref = _harness(["run", str(spec), "--set", "tracking.experiment=reference"], work)
     assert ref.returncode == 0, ref.stderr
     killed = _harness(["run", str(spec)], work, {"HARNESS_KILL_AT": kill_at})

@@ -1,6 +1,6 @@
 """`harness generate`: text from a run's checkpoint with the tokenizer saved with the run.
 
-Uses the tiny sweep trained once per session by test_results.tiny_sweep_store.
+Uses conftest's tiny sweep (``tiny_sweep``, trained once per session; ``in_sweep`` works inside its folder).
 """
 
 from __future__ import annotations
@@ -10,23 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_results import tiny_sweep_store
 
 from harness.cli import main
 from harness.errors import UsageError
 from harness.generate import generate
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    return tiny_sweep_store(tmp_path_factory)
-
-
-@pytest.fixture
-def in_sweep(sweep: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    monkeypatch.chdir(sweep.dir)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep.uri)
-    return sweep
 
 
 def _artifacts(sweep: SimpleNamespace, trial: int) -> Path:
@@ -51,7 +38,7 @@ def test_deterministic_for_a_seed_and_only_vocabulary_characters(in_sweep: Simpl
     assert a.text.startswith("Shall I") and a.text == a.prompt + a.completion
     assert len(a.tokens) == 60 and len(a.completion) == 60  # char tokenizer: one character per token
     assert set(a.completion) <= _vocab(in_sweep, 0) and set(c.completion) <= _vocab(in_sweep, 0)
-    assert a.checkpoint.name == "best.pt" and a.run_id == rid and a.step is not None and 0 < a.step <= 20
+    assert a.checkpoint.name == "best.pt" and a.run_id == rid and a.step is not None and 0 < a.step <= in_sweep.steps
 
 
 def test_checkpoint_path_and_artifact_folder_match_the_run_id(in_sweep: SimpleNamespace) -> None:
@@ -77,7 +64,9 @@ def test_greedy_ignores_the_seed_and_sweep_parent_uses_best_trial(in_sweep: Simp
 
 def test_empty_prompt_starts_from_a_newline(in_sweep: SimpleNamespace) -> None:
     out = generate(in_sweep.trials[0], "", max_tokens=10, seed=0)
-    assert out.prompt == "" and len(out.completion) == 10 and out.notes
+    assert out.prompt == "" and len(out.completion) == 10
+    assert out.text == out.completion  # the newline it starts from is context, not part of the text
+    assert out.notes == ["no prompt given; starting from '\\n'"]
 
 
 def test_cli_generate_prints_the_text(in_sweep: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +81,7 @@ def test_cli_generate_prints_the_text(in_sweep: SimpleNamespace, capsys: pytest.
 
 @pytest.mark.parametrize("argv, message", [
     (["generate", "0" * 32], f"no run with id '{'0' * 32}'"),
-    (["generate", "not-a-run"], "'not-a-run' is neither a checkpoint file nor a run id"),
+    (["generate", "not-a-run"], "'not-a-run' is neither a checkpoint file, nor a run id, nor an experiment in sqlite:///"),
     (["generate", "TRIAL0", "--prompt", "Zebra \u20ac"], "characters outside the vocabulary"),
     (["generate", "TRIAL0", "--temperature", "-1"], "--temperature must be 0"),
 ])

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import child_env, write_spec
 
 from harness.cli import main
 from harness.job import run
@@ -33,8 +33,8 @@ def test_a_run_from_a_subfolder_uses_the_projects_store_and_leaves_git_status_cl
     for keep in ("mlruns", "studies"):
         (project / keep / ".gitkeep").write_text("")
     spec = dict(tiny_spec_dict, sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-3, 2e-3]}})
-    (project / "experiments" / "s.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HARNESS_"))}
+    write_spec(project / "experiments", spec, name="s.yaml")
+    env = {k: v for k, v in child_env().items() if not k.startswith("MLFLOW_")}
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
     subprocess.run([*git, "add", "-A"], cwd=project, check=True)
@@ -87,7 +87,7 @@ def test_set_errors_blame_the_option_and_suggest_the_field(path, tmp_path, tiny_
     assert main(["run", str(spec), "--set", f"{path}=1e-3", "-q"]) == 2
     err = capsys.readouterr().err
     assert "1 problem in --set:" in err
-    assert f"--set: {path}: unknown field path '{path}'; did you mean train.optimizer.lr?" in err
+    assert f"1 problem in --set:\n  - {path}: unknown field path '{path}'; did you mean train.optimizer.lr?" in err
     assert str(spec) not in err
 
 
@@ -144,7 +144,7 @@ class _InterruptAt:
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_an_interrupted_trial_gets_no_verdict(tiny_spec_dict):
+def test_an_interrupted_trial_gets_no_verdict(tiny_spec_dict, sigint_guard):
     raw = dict(tiny_spec_dict, sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-3, 2e-3, 3e-3]}})
     result = run_sweep(spec_from_dict(raw), progress=_InterruptAt)
     assert result.interrupted and result.signal == signal.SIGINT

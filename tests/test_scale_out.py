@@ -1,13 +1,14 @@
 """Several machines on one PostgreSQL study and one MLflow tracking server, with real servers.
 
 Each "machine" is a separate `harness run` process with its own working directory, TMPDIR and HOME, so the workers
-share nothing but the two servers: checkpoints reach another worker only through the server's artifact store.
+share nothing but the two servers: checkpoints reach another worker only through the server's artifact store. (The
+test's barrier folder, HARNESS_BARRIER_AT, is the one exception: it holds each machine at its first trial until all of
+them have claimed one, so every machine provably takes part.)
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 import uuid
@@ -15,23 +16,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import child_env, make_spec, write_spec
+
+from harness.testing import faults
 
 STEPS, EVAL = 6, 2
 
 
 def _spec(name: str, lrs: list[float], **sweep) -> dict:
     """A tiny char model on a slice of the sonnets (a shipped corpus, so the machines share no file)."""
-    return {
-        "name": name,
-        "seed": 5,
-        "data": {"corpus": "shakespeare/sonnets", "max_chars": 3000, "seq_len": 16, "val_fraction": 0.2},
-        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
-        "train": {"max_steps": STEPS, "batch_size": 4, "optimizer": {"lr": 1e-3}, "eval": {"every_steps": EVAL, "batches": 2},
-                  "device": "cpu", "threads": 1},
-        "tracking": {"experiment": name, "sample_tokens": 0},
-        "sweep": {"sampler": "grid", "params": {"train.optimizer.lr": lrs}, **sweep},
-    }
+    return make_spec("shakespeare/sonnets", name=name, seed=5, steps=STEPS, eval_every=EVAL, experiment=name, data={"max_chars": 3000},
+                     train={"threads": 1}, sweep={"sampler": "grid", "params": {"train.optimizer.lr": lrs}, **sweep})
 
 
 class Machine:
@@ -41,13 +36,12 @@ class Machine:
         self.dir = root / name
         for sub in ("home", "tmp", "work"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MLFLOW_"))}
+        self.env = {k: v for k, v in child_env().items() if not k.startswith("MLFLOW_")}  # warnings are errors here too
         self.env.update(HOME=str(self.dir / "home"), TMPDIR=str(self.dir / "tmp"), MLFLOW_TRACKING_URI=tracking_uri)
         self.log = self.dir / "harness.log"
 
     def start(self, spec: dict, storage: str, *args: str, **env: str) -> subprocess.Popen:
-        path = self.dir / "work" / "spec.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        path = write_spec(self.dir / "work", spec)
         with open(self.log, "a") as log:
             return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--storage", storage, "-q", *args],
                                     cwd=self.dir / "work", env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
@@ -92,7 +86,8 @@ def test_three_machines_run_a_12_point_grid_exactly_once(servers, tmp_path):
     name = f"grid12-{uuid.uuid4().hex[:6]}"
     lrs = [round(1e-3 * (i + 1), 6) for i in range(12)]
     machines = [Machine(tmp_path, f"m{i}", uri) for i in range(3)]
-    procs = [m.start(_spec(name, lrs), storage) for m in machines]
+    barrier = tmp_path / "barrier"
+    procs = [m.start(_spec(name, lrs), storage, HARNESS_BARRIER_AT=f"trial_start:3:{barrier}") for m in machines]
     codes = _wait(procs, machines)
     assert codes == [0, 0, 0], "\n\n".join(m.output() for m in machines)
 
@@ -100,7 +95,8 @@ def test_three_machines_run_a_12_point_grid_exactly_once(servers, tmp_path):
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert sorted(t.params["train.optimizer.lr"] for t in complete) == lrs, "every point completes exactly once"
     assert len(trials) == 12
-    assert len({t.user_attrs["pid"] for t in complete}) >= 1
+    assert {t.user_attrs["pid"] for t in complete} == {p.pid for p in procs}, "every machine ran trials"
+    assert faults.arrived(barrier) == sorted(str(p.pid) for p in procs)
 
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -156,9 +152,12 @@ def test_two_invocations_of_a_tpe_study_run_exactly_n_trials(servers, tmp_path):
     spec["train"]["max_steps"] = 2
     spec["sweep"] = {"sampler": "tpe", "n_trials": 10, "params": {"train.optimizer.lr": {"float": [1e-4, 1e-2], "log": True}}}
     machines = [Machine(tmp_path, f"t{i}", uri) for i in range(2)]
-    codes = _wait([m.start(spec, storage) for m in machines], machines)
+    barrier = tmp_path / "barrier"
+    procs = [m.start(spec, storage, HARNESS_BARRIER_AT=f"trial_start:2:{barrier}") for m in machines]
+    codes = _wait(procs, machines)
     assert codes == [0, 0], "\n\n".join(m.output() for m in machines)
     trials = _trials(storage, name)
     assert len(trials) == 10 and all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.user_attrs["pid"] for t in trials} == {p.pid for p in procs}, "both invocations ran trials"
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
     assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 10

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
-import tracemalloc
 from pathlib import Path
 
 import pydantic
@@ -267,7 +265,7 @@ def test_every_epochs_needs_epochs(tmp_path, tiny_spec_dict, write_spec):
 def test_missing_required_sections(tmp_path, write_spec):
     issues = _issues(_load_err(tmp_path, write_spec, {"name": "x"}))
     for section in ("data", "model", "train"):
-        assert issues[section] == "required field is missing"
+        assert issues[section].startswith("required field is missing")  # model adds when it may be left out
 
 
 # ----------------------------------------------------------------------------------------------------------- many errors at once
@@ -283,7 +281,7 @@ def test_multiple_errors_collected_in_one_raise(tmp_path, tiny_spec_dict, write_
     # the cross-field d_model/n_heads check still runs when another model field is invalid
     assert paths == {"train.optimizer.lr", "data.seqlen", "model.dropout", "model.n_heads"}
     text = str(exc_info.value)
-    assert text.startswith(f"{len(exc_info.value.issues)} problems in spec")
+    assert text.startswith(f"{len(exc_info.value.issues)} problems in {tmp_path / 'spec.yaml'}:")
     assert all(i.file == str(tmp_path / "spec.yaml") for i in exc_info.value.issues)
 
 
@@ -301,9 +299,10 @@ def test_overrides_apply(tmp_path, tiny_spec_dict, write_spec):
     spec = load_spec(
         path,
         ["train.optimizer.lr=0.5", "model.dropout=0.25", "train.clip_grad_norm=1e-3", "model.tie_weights=true",
-         "tracking.tags.owner=me", "data.tokenizer.kind=char"],
+         "tracking.tags.owner=me", "data.seq_len=12"],
     )
     assert spec.train.optimizer.lr == 0.5
+    assert spec.data.seq_len == 12
     assert spec.model.dropout == 0.25
     assert spec.train.clip_grad_norm == 1e-3
     assert spec.model.tie_weights is True
@@ -313,10 +312,10 @@ def test_overrides_apply(tmp_path, tiny_spec_dict, write_spec):
 
 
 def test_override_into_tokenizer_shorthand(tmp_path, tiny_spec_dict, write_spec):
-    # data.tokenizer is the string 'char' in the file; an override of a sub-field must still reach it
-    tiny_spec_dict["data"]["tokenizer"] = "char"
-    spec = load_spec(write_spec(tmp_path, tiny_spec_dict), ["data.tokenizer.kind=char"])
-    assert spec.data.tokenizer.kind == "char"
+    # data.tokenizer is a shorthand string in the file; an override of a sub-field must still reach it
+    tiny_spec_dict["data"]["tokenizer"] = "tiktoken:cl100k_base"
+    spec = load_spec(write_spec(tmp_path, tiny_spec_dict), ["data.tokenizer.encoding=o200k_base"])
+    assert (spec.data.tokenizer.kind, spec.data.tokenizer.encoding) == ("tiktoken", "o200k_base")
 
 
 @pytest.mark.parametrize(
@@ -428,20 +427,35 @@ def test_top_level_list_with_overrides_still_reports_the_list(tmp_path):
     assert "got list" in exc_info.value.issues[0].message
 
 
-def test_alias_bomb_refused_quickly(tmp_path):
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any construction of the GPT fails the test: a refused spec must be refused by arithmetic, not by allocating."""
+    import harness.model
+
+    def boom(*a, **k):  # pragma: no cover - reached only if a model were built
+        raise AssertionError("a GPT was constructed")
+
+    monkeypatch.setattr(harness.model.GPT, "__init__", boom)
+
+
+def test_alias_bomb_refused_before_expansion(tmp_path, monkeypatch):
+    from harness.spec.safe_yaml import MAX_YAML_ALIASES, _SafeLoader
+
+    def construct(*a, **k):  # pragma: no cover - reached only if the bomb were expanded into Python objects
+        raise AssertionError("the YAML document was constructed")
+
+    monkeypatch.setattr(_SafeLoader, "construct_document", construct)
     # billion laughs: 12 levels of 12 references each, ~10**13 strings if expanded
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, 13):
         lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 12) + "]")
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    t0 = time.perf_counter()
     with pytest.raises(SpecError) as exc_info:
         load_spec(path)
-    assert time.perf_counter() - t0 < 2.0
     (issue,) = exc_info.value.issues
     assert issue.file == str(path)
-    assert "alias" in issue.message and "bomb" in issue.message
+    assert issue.message == f"invalid YAML: more than {MAX_YAML_ALIASES} YAML aliases; refusing a possible alias bomb"
 
 
 def test_a_few_aliases_are_fine(tmp_path, tiny_spec_dict, write_spec):
@@ -483,33 +497,22 @@ def test_spec_file_missing(tmp_path):
 # ----------------------------------------------------------------------------------------------------------- huge models
 
 
-def test_huge_d_model_refused_without_allocating(tmp_path, tiny_spec_dict, write_spec):
+def test_huge_d_model_refused_without_allocating(tmp_path, tiny_spec_dict, write_spec, no_model):
     tiny_spec_dict["model"]["d_model"] = 10**9
     path = write_spec(tmp_path, tiny_spec_dict)
-    tracemalloc.start()
-    try:
-        t0 = time.perf_counter()
-        with pytest.raises(SpecError) as exc_info:
-            load_spec(path)
-        elapsed = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert elapsed < 2.0
-    assert peak < 50_000_000  # a 10**9-wide embedding would be gigabytes
+    with pytest.raises(SpecError) as exc_info:
+        load_spec(path)
     issues = _issues(exc_info)
     assert list(issues) == ["model.d_model"]
     assert "less than or equal to" in issues["model.d_model"]
 
 
-def test_parameter_cap(tmp_path, tiny_spec_dict, write_spec):
+def test_parameter_cap(tmp_path, tiny_spec_dict, write_spec, no_model):
     # each field inside its own bounds, but together far beyond what can be allocated
     tiny_spec_dict["model"].update(d_model=65_536, n_heads=1, n_layers=1024, d_ff=1_048_576)
     path = write_spec(tmp_path, tiny_spec_dict)
-    t0 = time.perf_counter()
     with pytest.raises(SpecError) as exc_info:
         load_spec(path)
-    assert time.perf_counter() - t0 < 2.0
     issues = _issues(exc_info)
     assert list(issues) == ["model"]
     assert "parameters" in issues["model"] and "at most 2e+10" in issues["model"]

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+from conftest import CHILD_WARNINGS, child_env, make_spec, tree, write_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from harness.spec import spec_from_dict
 from harness.sweep import run_sweep
+from harness.testing import faults
 
 TEXT = (
     "From fairest creatures we desire increase, that thereby beauty's rose might never die,\n"
@@ -24,27 +24,16 @@ TEXT = (
 
 
 def base_spec(tmp: Path, **sweep) -> dict:
+    """A 3-point lr grid over 20-step runs on TEXT; ``sweep`` keys replace those of the sweep section."""
     corpus = tmp / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    spec = {
-        "name": "tinysweep",
-        "seed": 3,
-        "data": {"corpus": str(corpus), "tokenizer": "char", "seq_len": 16, "val_fraction": 0.2},
-        "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
-        "train": {"max_steps": 20, "batch_size": 4, "optimizer": {"lr": 3e-3}, "eval": {"every_steps": 5, "batches": 2}},
-        "tracking": {"experiment": "sweeps", "sample_tokens": 0},
-        "sweep": {"sampler": "grid", "params": {"train.optimizer.lr": [1e-2, 3e-3, 1e-5]}},
-    }
-    spec["sweep"].update(sweep)
-    return spec
+    return make_spec(corpus, name="tinysweep", seed=3, steps=20, eval_every=5, experiment="sweeps", train={"optimizer": {"lr": 3e-3}},
+                     sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-2, 3e-3, 1e-5]}, **sweep})
 
 
 @pytest.fixture
-def work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    monkeypatch.delenv("HARNESS_KILL_AT", raising=False)
-    monkeypatch.delenv("HARNESS_STUDY_STORAGE", raising=False)
+def work(tmp_path):
+    """The test's folder: conftest's _isolate works there, with the MLflow store in mlruns/ and studies in studies/."""
     return tmp_path
 
 
@@ -116,17 +105,15 @@ def test_rerun_resumes_and_fresh_restarts(work):
 
 
 def test_killed_sweep_resumes_each_point_exactly_once(work):
-    spec_path = work / "sweep.yaml"
-    spec_path.write_text(yaml.safe_dump(base_spec(work)))
-    env = {**os.environ, "HARNESS_KILL_AT": "step:27"}  # trial 0 takes 20 steps: die inside trial 1
+    spec_path = write_spec(work, base_spec(work), name="sweep.yaml")
+    env = child_env(HARNESS_KILL_AT="step:27")  # trial 0 takes 20 steps: die inside trial 1
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec_path), "-q"], cwd=work, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -9, proc.stderr
     states = [t.state for t in load_study(work).get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.RUNNING]
-    env.pop("HARNESS_KILL_AT")
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec_path), "-q"], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec_path), "-q"], cwd=work, env=child_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     study = load_study(work)
     trials = study.get_trials()
@@ -146,8 +133,12 @@ def test_killed_sweep_resumes_each_point_exactly_once(work):
     assert sorted(steps) == list(range(20))
 
 
-def test_two_workers_share_the_grid(work):
+def test_two_workers_share_the_grid(work, monkeypatch):
     raw = base_spec(work, params={"train.optimizer.lr": [1e-2, 3e-3], "seed": [1, 2]})
+    # Each worker waits at its first trial until both have claimed one: both take trials, whatever the scheduling.
+    barrier = work / "barrier"
+    monkeypatch.setenv("HARNESS_BARRIER_AT", f"trial_start:2:{barrier}")
+    monkeypatch.setenv("PYTHONWARNINGS", CHILD_WARNINGS)  # the spawned workers treat warnings as errors too
     result = run_sweep(spec_from_dict(raw), workers=2)
     trials = load_study(work).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -155,6 +146,7 @@ def test_two_workers_share_the_grid(work):
     assert points == sorted([(1e-2, 1), (1e-2, 2), (3e-3, 1), (3e-3, 2)])
     pids = {t.user_attrs["pid"] for t in trials}
     assert len(pids) == 2, "both worker processes took trials"
+    assert faults.arrived(barrier) == sorted(str(p) for p in pids)
     parents, children = split_runs(all_runs(work))
     assert len(parents) == 1 and len(children) == 4
     assert len(result.table) == 4
@@ -205,18 +197,18 @@ def test_invalid_sampled_value_fails_only_that_trial(work):
 
 def test_bad_swept_path_is_refused_before_any_trial(work):
     raw = base_spec(work, params={"train.optimizer.lrr": [1e-3]})
-    spec_path = work / "bad.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec_path)], cwd=work, capture_output=True, text=True, timeout=120)
+    spec_path = write_spec(work, raw, name="bad.yaml")
+    before = tree(work)
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(spec_path)], cwd=work, env=child_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2
     assert "sweep.params.train.optimizer.lrr" in proc.stderr and "did you mean train.optimizer.lr" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(work.glob("studies/*")) and not list(work.glob("mlruns/*"))
+    assert tree(work) == before, f"created {sorted(tree(work) - before)}"
 
 
 def test_grid_values_are_checked_up_front(work):
     from harness import SpecError
-
     from harness.data import validate_data
 
     raw = base_spec(work, params={"train.batch_size": [4, 100000]})

@@ -72,5 +72,5 @@ def test_tiktoken_with_a_path_but_no_encoding_is_a_spec_error_naming_the_field(t
     spec = write_spec(tmp_path, tiny_spec_dict)
     assert main(["validate", str(spec)]) == 2
     out = capsys.readouterr().out
-    assert f"{spec}: data.tokenizer.encoding: tiktoken needs an encoding name" in out
+    assert f"1 problem in {spec}:\n  - data.tokenizer.encoding: tiktoken needs an encoding name" in out
     assert "internal error" not in out

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
-from pathlib import Path
 
 import pytest
+from conftest import tree
+from servers import free_port
 
 from harness.cli import main
 from harness.tracking import MlflowTracker, TrackingError, check_store, client_for, parse_store_url
@@ -39,14 +39,8 @@ def test_absolute_store_url_means_the_same_from_any_folder(tmp_path):
     assert parse_store_url("postgresql://u@h/db").absolute() == "postgresql://u@h/db"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_check_store_fails_fast_for_an_unreachable_postgresql_server():
-    port = _closed_port()
+    port = free_port()
     with pytest.raises(TrackingError, match=rf"database postgresql\+psycopg://harness:\*\*\*@127.0.0.1:{port}/x is not reachable"):
         check_store(f"postgresql+psycopg://harness:secret@127.0.0.1:{port}/x")
 
@@ -62,11 +56,11 @@ def test_check_store_fails_fast_for_an_unwritable_file_store(tmp_path):
 
 def test_cli_run_against_an_unreachable_postgresql_store_exits_2_and_creates_nothing(tmp_path, tiny_spec_dict, write_spec, monkeypatch, capsys):
     spec = write_spec(tmp_path, tiny_spec_dict)
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql+psycopg://harness@127.0.0.1:{_closed_port()}/x")
+    before = tree(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql+psycopg://harness@127.0.0.1:{free_port()}/x")
     assert main(["run", str(spec), "-q"]) == 2
     assert "is not reachable" in capsys.readouterr().err
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert tree(tmp_path) == before
 
 
 class _Outage(http.server.BaseHTTPRequestHandler):

@@ -1,34 +1,26 @@
 """A real `mlflow server`, started the way `harness ui` starts it, on a free loopback port against the tiny sweep's
 store: its REST API shows the sweep's parent and child runs, their metric histories and their artifacts. The server
-is stopped by its pid (its whole process group) in a finally block."""
+is stopped by its pid (its whole process group) in a finally block, and every process of that group is then gone."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
-from test_results import EXPERIMENT, STEPS, tiny_sweep_store
+from servers import free_port
 
-from harness import results, serve
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    return tiny_sweep_store(tmp_path_factory)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from harness import serve
 
 
 def _get(base: str, endpoint: str, **params: Any) -> Any:
@@ -43,63 +35,89 @@ def _post(base: str, endpoint: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-def _group_alive(pgid: int) -> bool:
+def _group(pgid: int) -> list[psutil.Process]:
+    """The live processes of process group ``pgid``."""
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                members.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return members
+
+
+def _wait_for_group(pgid: int, ready: Callable[[list[psutil.Process]], bool], timeout: float = 30) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while True:
+        members = _group(pgid)
+        if ready(members):
+            return members
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process group {pgid} never got ready: {[(p.pid, p.name()) for p in members]}")
+        time.sleep(0.05)
+
+
+def _gone(p: psutil.Process) -> bool:
+    """The process has exited (is_running() also tells a reused pid from the process we recorded)."""
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
-def test_mlflow_server_shows_sweep_runs_metrics_and_artifacts(sweep: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Any) -> None:
-    monkeypatch.chdir(sweep.dir)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep.uri)
-    plan = serve.ui_plan(host="127.0.0.1", port=_free_port())
+def test_mlflow_server_shows_sweep_runs_metrics_and_artifacts(in_sweep: SimpleNamespace, tmp_path: Path) -> None:
+    plan = serve.ui_plan(host="127.0.0.1", port=free_port())
     assert plan.argv is not None and plan.argv[plan.argv.index("--workers") + 1] == "1"
-    log = open(tmp_path / "server.log", "wb")
-    proc = serve.start(plan, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        if not serve.wait_ready(plan.url, proc, timeout=150):
-            log.flush()
-            pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-        base = plan.url
-        exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
-        found = _post(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
-        tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found}
-        assert set(tags) == {sweep.parent, *sweep.trials.values()}
-        assert tags[sweep.parent]["harness.role"] == "sweep"
-        for n, rid in sweep.trials.items():
-            assert tags[rid]["mlflow.parentRunId"] == sweep.parent
-            assert tags[rid]["harness.trial"] == str(n) and tags[rid]["stop_reason"] == "completed"
-        rid = sweep.trials[0]
-        hist = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=rid, metric_key="train/loss")["metrics"]
-        assert sorted(m["step"] for m in hist) == list(range(STEPS))
-        val = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=rid, metric_key="val/loss")["metrics"]
-        assert len(val) >= 2 and all(m["value"] > 0 for m in val)
-        files = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=rid).get("files", [])}
-        assert {"spec.yaml", "tokenizer.json", "checkpoints", "plots"} <= files
-        ckpts = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=rid, path="checkpoints")["files"]}
-        assert {"checkpoints/best.pt", "checkpoints/last.pt"} <= ckpts
-        parent_files = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=sweep.parent).get("files", [])}
-        assert {"trials.csv", "best_params.json", "spec.yaml", "plots"} <= parent_files
-        # the artifact bytes are served too (what the UI's artifact viewer fetches)
-        with urllib.request.urlopen(f"{base}/get-artifact?{urllib.parse.urlencode({'run_id': rid, 'path': 'spec.yaml'})}", timeout=30) as r:
-            assert b"name: tsweep" in r.read()
-    finally:
-        serve.stop(proc)
-        log.close()
-    assert proc.poll() is not None
-    assert not _group_alive(proc.pid), "a server worker outlived the stop"
+    log_path = tmp_path / "server.log"
+    members: list[psutil.Process] = []
+    with open(log_path, "wb") as log:
+        proc = serve.start(plan, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if not serve.wait_ready(plan.url, proc, timeout=150):
+                log.flush()
+                pytest.fail(f"mlflow server did not come up (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+            # The server answers through the worker it started: the group holds the server and at least that worker.
+            members = _wait_for_group(proc.pid, lambda ms: any(p.pid != proc.pid for p in ms))
+            base = plan.url
+            exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=in_sweep.experiment)["experiment"]
+            found = _post(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+            tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found}
+            assert set(tags) == {in_sweep.parent, *in_sweep.trials.values()}
+            assert tags[in_sweep.parent]["harness.role"] == "sweep"
+            for n, rid in in_sweep.trials.items():
+                assert tags[rid]["mlflow.parentRunId"] == in_sweep.parent
+                assert tags[rid]["harness.trial"] == str(n) and tags[rid]["stop_reason"] == "completed"
+            rid = in_sweep.trials[0]
+            hist = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=rid, metric_key="train/loss")["metrics"]
+            assert sorted(m["step"] for m in hist) == list(range(in_sweep.steps))
+            val = _get(base, "/api/2.0/mlflow/metrics/get-history", run_id=rid, metric_key="val/loss")["metrics"]
+            assert len(val) >= 2 and all(m["value"] > 0 for m in val)
+            files = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=rid).get("files", [])}
+            assert {"spec.yaml", "tokenizer.json", "checkpoints", "plots"} <= files
+            ckpts = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=rid, path="checkpoints")["files"]}
+            assert {"checkpoints/best.pt", "checkpoints/last.pt"} <= ckpts
+            parent_files = {f["path"] for f in _get(base, "/api/2.0/mlflow/artifacts/list", run_id=in_sweep.parent).get("files", [])}
+            assert {"trials.csv", "best_params.json", "spec.yaml", "plots"} <= parent_files
+            # the artifact bytes are served too (what the UI's artifact viewer fetches)
+            with urllib.request.urlopen(f"{base}/get-artifact?{urllib.parse.urlencode({'run_id': rid, 'path': 'spec.yaml'})}", timeout=30) as r:
+                assert b"name: tsweep" in r.read()
+        finally:
+            serve.stop(proc)
+    alive = [(p.pid, p.name()) for p in members if not _gone(p)]
+    assert not alive, f"server processes outlived the stop: {alive}"
 
 
-def test_stop_ends_a_process_group(tmp_path: Any) -> None:
-    """stop() ends the child a server would leave behind (cheap check, no MLflow)."""
+def test_stop_ends_a_process_group() -> None:
+    """stop() ends the children a server would leave behind (cheap check, no MLflow)."""
     plan = serve.ServerPlan(argv=["sh", "-c", "sleep 60 & sleep 60"], url="http://127.0.0.1:9")
     proc = serve.start(plan)
     try:
-        assert _group_alive(proc.pid)
+        # sh and its two sleeps: stop only once the whole group exists, or it could end the group before sh forks
+        members = _wait_for_group(proc.pid, lambda ms: sum(p.name() == "sleep" for p in ms) == 2)
+        assert len(members) == 3, [(p.pid, p.name()) for p in members]
     finally:
         serve.stop(proc, timeout=5)
-    assert proc.returncode == -signal.SIGTERM or proc.returncode is not None
-    assert not _group_alive(proc.pid)
+    assert proc.returncode == -signal.SIGTERM
+    alive = [(p.pid, p.name()) for p in members if not _gone(p)]
+    assert not alive, f"outlived the stop: {alive}"

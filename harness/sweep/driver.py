@@ -18,6 +18,7 @@ from harness.sweep.storage import storage_url
 from harness.sweep.study import open_study, total_trials
 from harness.sweep.trial import TrialSettings
 from harness.sweep.worker import WorkerPlan, run_workers, work
+from harness.testing import faults
 from harness.tracking import check_store, tracking_uri
 from harness.tracking.liveness import reap_stale_runs
 
@@ -65,6 +66,7 @@ def run_sweep(
         raise UsageError("--workers must be at least 1")
     total = total_trials(spec, n_trials, file=spec_file)
     uri = tracking_uri(uri)
+    faults.point("sweep_open")
     check_store(uri)
     validate_data(spec, file=spec_file)
     name = study_name or spec.name

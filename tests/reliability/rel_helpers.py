@@ -1,11 +1,16 @@
 """Helpers shared by the reliability tests (imported by the test modules; pytest does not collect this file).
 
-* ``tiny_spec(corpus, ...)``: a run spec small enough that a process spends its time starting, not training.
+Specs are written with conftest's ``write_spec``; free ports come from ``servers.free_port``.
+
+* ``rel_spec(corpus, name, ...)``: conftest's ``make_spec`` with the reliability tests' settings (12 steps, dropout,
+  lr 3e-3, one thread): small enough that a process spends its time starting, not training.
 * ``seed_store(tmp)``: copy a ready MLflow SQLite store into ``tmp/mlruns`` (creating one runs ~4 s of migrations).
 * ``killed(argv, cwd, kill_at=...)``: run ``harness <argv>`` in a child process that SIGKILLs itself at a fault point.
   Children are forked from a forkserver that has already imported harness, torch, MLflow and Optuna, so a kill costs
   a fork instead of a ~10 s interpreter start. The child is a real process: its pid is recorded, it dies by SIGKILL
   with no cleanup, and the next command finds it dead.
+* ``child_env(**extra)``: conftest's environment for a harness child (no HARNESS_* knobs but ``extra``, warnings as
+  errors).
 * ``harness_popen(args, cwd, log)``: ``python -m harness ...`` as a subprocess, its output in ``log``.
 * ``MlflowServer``: a real ``mlflow server`` on a free loopback port, started, stopped and restarted by pid.
 * ``store(tmp)`` / ``runs`` / ``steps`` / ``study``: read back what MLflow and Optuna hold.
@@ -18,41 +23,28 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import yaml
+from conftest import CHILD_WARNINGS, child_env, make_spec
+from servers import free_port
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-
-# ----------------------------------------------------------------------------------------------------------- specs
-
-
-def tiny_spec(corpus: Path | str, *, name: str = "rel", experiment: str | None = None, max_steps: int = 12, eval_every: int = 4,
-              checkpoint_every: int | None = None, d_model: int = 16, **train: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": name,
-        "seed": 11,
-        "data": {"corpus": str(corpus), "tokenizer": "char", "seq_len": 16, "val_fraction": 0.2},
-        "model": {"d_model": d_model, "n_heads": 2, "n_layers": 1, "d_ff": 2 * d_model, "dropout": 0.1},
-        "train": {"max_steps": max_steps, "batch_size": 4, "optimizer": {"name": "adamw", "lr": 3e-3},
-                  "eval": {"every_steps": eval_every, "batches": 2}, "device": "cpu", "threads": 1, **train},
-        "tracking": {"experiment": experiment or name, "sample_tokens": 0},
-    }
-    if checkpoint_every:
-        spec["train"]["checkpoint"] = {"every_steps": checkpoint_every}
-    return spec
+TESTS = HERE.parent
+REPO = TESTS.parent
 
 
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
+def rel_spec(corpus: Path | str, name: str, *, steps: int = 12, eval_every: int = 4, d_model: int = 16, **kw: Any) -> dict[str, Any]:
+    """``make_spec`` as the reliability tests run it: seed 11, experiment ``name``, dropout 0.1, lr 3e-3, one thread.
+    ``kw`` goes to make_spec (``checkpoint_every``, ``sweep``, sections to merge)."""
+    train = {"optimizer": {"lr": 3e-3}, "threads": 1, **kw.pop("train", {})}
+    return make_spec(corpus, name=name, seed=11, steps=steps, eval_every=eval_every, experiment=kw.pop("experiment", name),
+                     model={"d_model": d_model, "d_ff": 2 * d_model, "dropout": 0.1, **kw.pop("model", {})}, train=train, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------------- stores
@@ -108,14 +100,6 @@ def study(tmp: Path, name: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------- processes
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a harness child: this one without test knobs, one torch thread, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_") and k != "PYTEST_CURRENT_TEST"}
-    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    env.update(extra)
-    return env
-
-
 def harness_popen(args: list[str], cwd: Path, log: Path, **env: str) -> subprocess.Popen:
     fh = open(log, "w")
     try:
@@ -138,15 +122,20 @@ def _killer() -> Any:
 
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
-        old = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), str(REPO), old) if p)
+        # The forkserver imports rel_helpers (which imports conftest) and runs with the children's warning filters:
+        # its forked children inherit both.
+        started_with = {"PYTHONPATH": os.pathsep.join(p for p in (str(HERE), str(TESTS), str(REPO), os.environ.get("PYTHONPATH")) if p),
+                        "PYTHONWARNINGS": CHILD_WARNINGS}
+        old = {k: os.environ.get(k) for k in started_with}
+        os.environ.update(started_with)
         try:
             forkserver.ensure_running()
         finally:
-            if old is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         _forkserver = ctx
     return _forkserver
 
@@ -196,12 +185,6 @@ def killed(argv: list[str], cwd: Path, *, kill_at: str | None = None, timeout: f
 # ----------------------------------------------------------------------------------------------------------- mlflow server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MlflowServer:
     """``mlflow server`` with a SQLite backend and proxied artifacts in ``folder``, on 127.0.0.1:``port``.
 
@@ -218,12 +201,13 @@ class MlflowServer:
 
     def start(self, timeout: float = 150) -> None:
         self.starts += 1
-        log = open(self.folder / f"server-{self.starts}.log", "w")
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
                "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1"]
-        self.proc = subprocess.Popen(cmd, cwd=self.folder, env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.folder / f"server-{self.starts}.log", "w") as log:  # the server keeps its own copy of the descriptor
+            # MLflow's server is third-party code: it runs with Python's default warning filters
+            self.proc = subprocess.Popen(cmd, cwd=self.folder, env=child_env(python_warnings=None), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

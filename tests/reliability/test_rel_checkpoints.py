@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import rel_helpers as H
 import torch
+from conftest import write_spec
 
-from harness.testing import faults as _faults
-from harness.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from harness.cli import main
 from harness.job import run
 from harness.spec import spec_from_dict
+from harness.testing import faults as _faults
 from harness.train import StepEnd
+from harness.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 STEPS = 12
 
@@ -113,8 +114,8 @@ def test_unwritable_checkpoint_folder_is_a_clear_error(tmp_path, fresh_faults):
 def test_disk_full_during_a_run_exits_2_keeps_the_last_checkpoint_and_resume_finishes(tmp_path, tiny_corpus, fresh_faults, monkeypatch,
                                                                                     capsys):
     H.seed_store(tmp_path)
-    raw = H.tiny_spec(tiny_corpus, name="diskfull", max_steps=STEPS, eval_every=4, checkpoint_every=6)
-    spec_file = H.write_yaml(tmp_path / "spec.yaml", raw)
+    raw = H.rel_spec(tiny_corpus, "diskfull", steps=STEPS, eval_every=4, checkpoint_every=6)
+    spec_file = write_spec(tmp_path, raw)
     reference = _reference(raw)
     capsys.readouterr()
     # Writes: best+last at step 0, then best?/last at step 4: the 4th write is at step 4 or 6, never at step 0.
@@ -139,9 +140,9 @@ def test_disk_full_during_a_run_exits_2_keeps_the_last_checkpoint_and_resume_fin
 # ----------------------------------------------------------------------------------------------------------- reads
 
 
-def test_resume_names_damaged_checkpoints_refuses_a_pickle_payload_and_falls_back(tmp_path, tiny_corpus, capsys):
+def test_resume_names_damaged_checkpoints_refuses_a_pickle_payload_and_falls_back(tmp_path, tiny_corpus, capsys, sigint_guard):
     H.seed_store(tmp_path)
-    raw = H.tiny_spec(tiny_corpus, name="damaged", max_steps=STEPS, eval_every=4, checkpoint_every=3)
+    raw = H.rel_spec(tiny_corpus, "damaged", steps=STEPS, eval_every=4, checkpoint_every=3)
     reference = _reference(raw)
     marker = tmp_path / "PAYLOAD_RAN"
 

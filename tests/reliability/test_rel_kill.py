@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import rel_helpers as H
+from conftest import write_spec
 from optuna.trial import TrialState
 
-from harness.train.checkpoint import load_checkpoint, resume_candidates
 from harness.cli import main
 from harness.job import run
 from harness.spec import spec_from_dict
+from harness.train.checkpoint import load_checkpoint, resume_candidates
 
 LRS = [3e-3, 1e-2, 3e-2]
 STEPS, EVAL, CKPT = 12, 4, 6
@@ -36,9 +37,8 @@ KILLS = [
 
 
 def _sweep_spec(corpus: Path) -> dict:
-    spec = H.tiny_spec(corpus, name="gauntlet", max_steps=STEPS, eval_every=EVAL, checkpoint_every=CKPT)
-    spec["sweep"] = {"sampler": "grid", "params": {"train.optimizer.lr": LRS}}
-    return spec
+    return H.rel_spec(corpus, "gauntlet", steps=STEPS, eval_every=EVAL, checkpoint_every=CKPT,
+                      sweep={"sampler": "grid", "params": {"train.optimizer.lr": LRS}})
 
 
 def _ckpt_dir(client, run_id: str) -> Path:
@@ -50,7 +50,7 @@ def test_sweep_survives_kill_9_at_six_points(tmp_path, tiny_corpus):
     H.warm_killer()  # its imports overlap with the reference runs below
     H.seed_store(tmp_path)
     raw = _sweep_spec(tiny_corpus)
-    spec_file = H.write_yaml(tmp_path / "sweep.yaml", raw)
+    spec_file = write_spec(tmp_path, raw, name="sweep.yaml")
     client = H.store(tmp_path)
 
     # Uninterrupted references, one per grid point, in their own experiment.
@@ -73,7 +73,7 @@ def test_sweep_survives_kill_9_at_six_points(tmp_path, tiny_corpus):
             stale = [r for r in H.runs(client, "gauntlet") if r.info.status == "RUNNING"]
             assert {r.data.tags.get("harness.role") for r in stale} == {"sweep", "trial"}
             other = {k: v for k, v in raw.items() if k != "sweep"} | {"name": "other", "tracking": {"experiment": "other", "sample_tokens": 0}}
-            assert main(["run", str(H.write_yaml(tmp_path / "other.yaml", other)), "-q"]) == 0
+            assert main(["run", str(write_spec(tmp_path, other, name="other.yaml")), "-q"]) == 0
             for r in stale:
                 r = client.get_run(r.info.run_id)
                 if r.data.tags.get("harness.role") == "sweep":

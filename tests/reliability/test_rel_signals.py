@@ -3,22 +3,28 @@
 Three processes run at once, each on its own store: a run that gets SIGTERM, a run that gets SIGINT and a sweep that
 gets SIGTERM. Each must checkpoint, flush its metrics, end its MLflow run KILLED with stop_reason=interrupted and exit
 128+signal. `harness resume` (or the same sweep command again) then finishes with every step logged once.
+
+Each process waits at a barrier (HARNESS_BARRIER_AT, see harness.testing.faults) right after its SIGNAL_AT-th
+optimizer step, with its signal handler in place; the test sends the signal and then releases it. So every process is
+signalled at exactly that step, however busy the machine is.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import rel_helpers as H
+from conftest import write_spec
 from optuna.trial import TrialState
 
-from harness.train.checkpoint import load_checkpoint
 from harness.cli import main
+from harness.testing import faults
+from harness.train.checkpoint import load_checkpoint
 
-STEPS, EVAL = 200, 40
+STEPS, EVAL, SIGNAL_AT = 200, 40, 10
 
 
 def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corpus, monkeypatch, capsys):
@@ -28,29 +34,28 @@ def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corp
         folder = tmp_path / name
         folder.mkdir()
         H.seed_store(folder)
-        raw = H.tiny_spec(tiny_corpus, name=name, max_steps=STEPS, eval_every=EVAL, checkpoint_every=10)
+        raw = H.rel_spec(tiny_corpus, name, steps=STEPS, eval_every=EVAL, checkpoint_every=10)
         if sig == "sweep":
             raw["sweep"] = {"params": {"train.optimizer.lr": [3e-3, 1e-2]}}
-        spec = H.write_yaml(folder / "spec.yaml", raw)
+        spec = write_spec(folder, raw)
+        # Held after step SIGNAL_AT until the test (the second party) has sent the signal.
         procs[sig] = (folder, H.harness_popen(["run", str(spec), "-q"], folder, folder / "out.log",
-                                              MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlruns/mlflow.db"))
-        # Below this test's priority: on a busy box the poll below still sees each checkpoint as soon as it appears,
-        # long before that process could finish training.
-        os.setpriority(os.PRIO_PROCESS, procs[sig][1].pid, 10)
+                                              MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlruns/mlflow.db",
+                                              HARNESS_BARRIER_AT=f"step@{SIGNAL_AT}:2:{folder / 'barrier'}"))
     try:
-        # The periodic checkpoint of step 10: the process is training (its signal handler is in place). Signal each
-        # process as soon as it gets there.
         waiting = dict(procs)
         deadline = time.monotonic() + 180
         while waiting and time.monotonic() < deadline:
             for sig, (folder, proc) in list(waiting.items()):
-                if list(folder.glob("mlruns/*/*/artifacts/checkpoints/step-00000010.pt")):
+                if faults.arrived(folder / "barrier"):  # the process is at the barrier: training, its handler in place
+                    assert faults.arrived(folder / "barrier") == [str(proc.pid)]
                     proc.send_signal(signal.SIGTERM if sig == "sweep" else sig)
+                    faults.arrive(folder / "barrier", "test")
                     del waiting[sig]
                 else:
                     assert proc.poll() is None, f"{sig}: harness exited ({proc.returncode}) before training started"
             time.sleep(0.02)
-        assert not waiting, f"{list(waiting)} never started training"
+        assert not waiting, f"{list(waiting)} never reached step {SIGNAL_AT}"
         codes = {sig: proc.wait(timeout=120) for sig, (folder, proc) in procs.items()}
     finally:
         for folder, proc in procs.values():
@@ -68,7 +73,7 @@ def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corp
         assert (r.info.status, r.data.tags["stop_reason"]) == ("KILLED", "interrupted")
         assert f"harness resume {r.info.run_id}" in out
         stopped = int(r.data.tags["harness.steps"])
-        assert 10 <= stopped < STEPS
+        assert stopped == SIGNAL_AT, "the run stops at the first step boundary after the signal"
         ckpt = load_checkpoint(Path(r.info.artifact_uri) / "checkpoints" / "last.pt")
         assert ckpt["trainer"]["step"] == stopped, "the checkpoint is taken where the run stopped"
         assert H.steps(client, r.info.run_id, "train/loss") == list(range(stopped)), "metrics were flushed before exiting"
@@ -90,8 +95,8 @@ def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corp
     assert "Traceback" not in out and "run the same command again to resume" in out, out
     client = H.store(sweep_folder)
     runs = H.runs(client, "sweep")
-    assert {(r.data.tags["harness.role"], r.info.status, r.data.tags["stop_reason"]) for r in runs} == {
-        ("sweep", "KILLED", "interrupted"), ("trial", "KILLED", "interrupted")}
+    assert Counter((r.data.tags["harness.role"], r.info.status, r.data.tags["stop_reason"]) for r in runs) == Counter({
+        ("sweep", "KILLED", "interrupted"): 1, ("trial", "KILLED", "interrupted"): 1})
     (victim,) = [t for t in H.study(sweep_folder, "sweep").get_trials() if t.state == TrialState.FAIL]
     assert victim.user_attrs["stop_reason"] == "interrupted"
     monkeypatch.chdir(sweep_folder)

@@ -1,6 +1,7 @@
 """The tracking store goes missing: before a run (exit 2, nothing created) and during one, with a real `mlflow server`.
 
-The server test freezes the server for a moment (the run retries with backoff and goes on), kills it for good in the
+The server test freezes the server until a tracking write has failed (the run retries with backoff and goes on), kills
+it for good in the
 middle of a run (the run stops with a checkpoint and a clear message, keeping what it could not write), restarts it
 (`harness resume` writes what was missed and finishes), and resumes a run whose local staging copy is gone (the
 checkpoint comes back from the server). Every metric history ends up identical to an uninterrupted run's.
@@ -14,50 +15,48 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import rel_helpers as H
+from conftest import tree, write_spec
 from mlflow import MlflowClient
+from servers import free_port
 
 from harness.cli import main
 from harness.cli.output import print_run_summary
 from harness.job import run
 from harness.spec import spec_from_dict
+from harness.tracking.tracker import MlflowTracker
 from harness.train import StepEnd
 
 STEPS, EVAL = 16, 4
 KEYS = ("train/loss", "val/loss", "grad_norm", "lr")
 
 
-def _tree(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
 def test_unusable_store_at_start_exits_2_and_creates_nothing(tmp_path, tiny_corpus, monkeypatch, capsys):
-    single = H.write_yaml(tmp_path / "single.yaml", H.tiny_spec(tiny_corpus, name="single"))
-    sweep = H.tiny_spec(tiny_corpus, name="swept")
-    sweep["sweep"] = {"params": {"seed": [1, 2]}}
-    sweep = H.write_yaml(tmp_path / "sweep.yaml", sweep)
+    single = write_spec(tmp_path, H.rel_spec(tiny_corpus, "single"), name="single.yaml")
+    sweep = write_spec(tmp_path, {**H.rel_spec(tiny_corpus, "swept"), "sweep": {"params": {"seed": [1, 2]}}}, name="sweep.yaml")
     monkeypatch.setenv("HARNESS_STAGING", str(tmp_path / "staging"))
     (tmp_path / "blocked").write_text("a file where the store's folder should be")
-    port = H.free_port()  # nothing listens there
+    # Refused up front: nothing waits, backs off or retries (every sleep is recorded, and none may happen).
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    port = free_port()  # nothing listens there
     stores = {
         f"http://127.0.0.1:{port}": f"the MLflow tracking server at http://127.0.0.1:{port} is not reachable",
         f"sqlite:///{tmp_path}/blocked/mlflow.db": f"{tmp_path}/blocked is a file, not a folder",
         f"sqlite:///{tmp_path}/mlruns": "is a folder, not a database file",
     }
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     for uri, says in stores.items():
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         for argv in (["run", str(single)], ["run", str(sweep)], ["resume", "0123456789abcdef0123456789abcdef"]):
             capsys.readouterr()
-            t0 = time.perf_counter()
             assert main(argv) == 2, (uri, argv)
             err = capsys.readouterr().err
             assert says in err and "Traceback" not in err and "internal error" not in err, (uri, argv, err)
-            assert time.perf_counter() - t0 < 10
-            assert _tree(tmp_path) == before, f"{uri} {argv}: created {_tree(tmp_path) - before}"
+            assert sleeps == [], f"{uri} {argv}: waited {sleeps} before giving up"
+            assert tree(tmp_path) == before, f"{uri} {argv}: created {tree(tmp_path) - before}"
 
 
 def _references(server_url: str, raw: dict) -> dict:
@@ -85,13 +84,31 @@ def _at_step(step: int, action):
 
 
 @pytest.mark.slow
-def test_server_outages_during_a_run(tmp_path, tiny_corpus, monkeypatch, capsys):
+def test_server_outages_during_a_run(tmp_path, tiny_corpus, monkeypatch, capsys, sigint_guard):
     staging = tmp_path / "staging"
     monkeypatch.setenv("HARNESS_STAGING", str(staging))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # harness's own retries are under test
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("HARNESS_TRACKING_BACKOFF", "0.5")
-    raw = H.tiny_spec(tiny_corpus, name="outage", max_steps=STEPS, eval_every=EVAL, checkpoint_every=6)
+    raw = H.rel_spec(tiny_corpus, "outage", steps=STEPS, eval_every=EVAL, checkpoint_every=6)
+
+    # Every tracking attempt that fails (each is retried by MlflowTracker._retry until one goes through), counted.
+    failed_attempts: list[str] = []
+    first_failure = threading.Event()
+    real_retry = MlflowTracker._retry
+
+    def counting_retry(self, what, fn, *args, **kwargs):
+        def attempt(*a, **k):
+            try:
+                return fn(*a, **k)
+            except Exception:
+                failed_attempts.append(what)
+                first_failure.set()
+                raise
+
+        return real_retry(self, what, attempt, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowTracker, "_retry", counting_retry)
     with H.mlflow_server(tmp_path / "server") as server:
         server.start()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
@@ -99,24 +116,34 @@ def test_server_outages_during_a_run(tmp_path, tiny_corpus, monkeypatch, capsys)
         reference = _references(server.url, raw)
         spec = spec_from_dict(raw)
 
-        # 1. The server stops answering for ~2.5 s: the flush at the next evaluation times out, is retried with backoff
-        #    and goes through. A batch the server received before the client gave up is not stored twice.
+        # 1. The server stops answering until a tracking write has failed: the flush at the next evaluation times out, is
+        #    retried with backoff and goes through. A batch the server received before the client gave up is not stored
+        #    twice.
         monkeypatch.setenv("HARNESS_TRACKING_RETRIES", "6")
+        thawers: list[threading.Thread] = []
 
         def freeze():
             pgid = server.proc.pid
             os.killpg(pgid, signal.SIGSTOP)
 
             def thaw():
+                first_failure.wait(timeout=120)  # the outage has been felt (or it never will be: the test fails below)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGCONT)
 
-            threading.Timer(2.5, thaw).start()
+            thawers.append(threading.Thread(target=thaw, name="thaw", daemon=True))
+            thawers[-1].start()
 
-        t0 = time.perf_counter()
-        out = run(spec, callbacks=[_at_step(5, freeze)])
-        assert time.perf_counter() - t0 > 2.0, "the outage should have been felt"
-        assert out.status == "FINISHED", out.message
+        failed_attempts.clear()
+        try:
+            out = run(spec, callbacks=[_at_step(5, freeze)])
+        finally:
+            first_failure.set()  # whatever happened, let the server go on
+            for t in thawers:
+                t.join()
+        assert len(thawers) == 1
+        assert failed_attempts, "no tracking attempt failed while the server was frozen"
+        assert out.status == "FINISHED", out.message  # so a retry after the failed attempt went through
         _assert_matches(client, out.run_id, reference)
 
         # 2. The server dies at step 5 and stays down: the run stops at its next flush with a checkpoint and a clear

@@ -10,7 +10,7 @@ from harness.errors import UsageError
 
 __all__ = ["add_commands"]
 
-_TABLE_METRICS = ("val/loss", "best/val/loss", "train/loss", "train/loss_eval")
+_TABLE_METRICS = ("val/loss", "best/val/loss", "val/accuracy", "best/val/accuracy", "train/loss", "train/loss_eval")
 _FINAL_METRICS = ("val/loss", "train/loss", "train/loss_eval", "train/loss_epoch")
 
 
@@ -27,6 +27,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--top", type=int, metavar="N", help="keep the first N rows (after sorting)")
     r.add_argument("--all-columns", action="store_true", help="print every column, not the summary")
     r.add_argument("--include-parents", action="store_true", help="include sweep parent runs")
+    r.add_argument("--init-from", dest="init_from", metavar="RUN", help="only the runs finetuned from this run")
     r.set_defaults(fn=cmd_results)
 
     c = sub.add_parser("compare", help="runs side by side: differing params, metrics, overlaid curves PNG")
@@ -77,7 +78,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from harness.tracking import tracking_uri
 
     uri = tracking_uri()
-    df = results.runs(args.selector if len(args.selector) > 1 else args.selector[0], include_parents=args.include_parents)
+    df = results.runs(args.selector if len(args.selector) > 1 else args.selector[0], include_parents=args.include_parents,
+                      init_from=args.init_from)
     if df.empty:
         print(f"no runs in {' '.join(args.selector)}" + ("" if args.include_parents else " (sweep parent runs are left out; --include-parents)"))
         return 0
@@ -100,6 +102,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         cols = ["run_id", "run_name"]
         if df["trial"].notna().any():
             cols.append("trial")
+        if df["init_from"].notna().any():
+            cols.append("init_from")
         cols += ["stop_reason"] + changed + [m for m in _TABLE_METRICS if m in df.columns] + ["steps", "wall_time_s"]
         if order is not None and order[0] not in cols:
             cols.append(order[0])

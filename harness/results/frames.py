@@ -10,6 +10,7 @@ from typing import Any
 from harness.errors import HarnessError, UsageError
 from harness.results.metrics import BEST_KEYS, best_by_run, load_metrics, metric_order
 from harness.results.store import experiment_names, get_run, open_store, select_runs
+from harness.tracking.lookup import resolve_run_id
 from harness.results.values import changed_params, parse_value, schema_hint, swept_params, typed_series
 
 __all__ = ["INFO_COLUMNS", "Selector", "export", "history", "objective_order", "params_of", "runs", "runs_frame"]
@@ -17,24 +18,30 @@ __all__ = ["INFO_COLUMNS", "Selector", "export", "history", "objective_order", "
 Selector = str | Sequence[str]
 
 INFO_COLUMNS = ["run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "trial", "parent_run_id",
-                "start_time", "end_time", "wall_time_s", "steps"]
+                "init_from", "start_time", "end_time", "wall_time_s", "steps"]
 
 
-def runs(selector: Selector, *, uri: str | None = None, include_parents: bool = False, best: bool = True) -> Any:
+def runs(selector: Selector, *, uri: str | None = None, include_parents: bool = False, best: bool = True,
+         init_from: str | None = None) -> Any:
     """One row per run, oldest first.
 
     Columns: ``run_id, run_name, experiment, status, stop_reason, role, study, trial (Int64), parent_run_id,
-    start_time, end_time (UTC datetimes), wall_time_s, steps (Int64)``; then each metric's final value under its own
+    init_from (the run a finetuned run started from), start_time, end_time (UTC datetimes), wall_time_s,
+    steps (Int64)``; then each metric's final value under its own
     key (``val/loss``, ``train/loss``, ``summary/best_val_loss``, ...); with ``best``, ``best/<key>`` and
     ``best_step/<key>`` for the evaluation losses (minimum over the history); then every param under its dotted path
     (``train.optimizer.lr``, ``derived.n_parameters``, ...) with its real dtype: Int64, float64, boolean, or object
     for strings and lists; a param that is None in every run takes its type from the spec schema (e.g.
     ``train.epochs`` is an all-<NA> Int64 column for step-limited runs).
 
-    Sweep parent runs (no training metrics) are left out unless ``include_parents``.
+    Sweep parent runs (no training metrics) are left out unless ``include_parents``. ``init_from`` (a run id or a
+    unique prefix) keeps only the runs finetuned from that run.
     """
     client, uri = open_store(uri)
     selected = select_runs(client, selector, uri=uri, include_parents=include_parents)
+    if init_from is not None:
+        source = resolve_run_id(client, init_from, uri=uri) or init_from
+        selected = [r for r in selected if r.data.tags.get("harness.init_from") == source]
     return runs_frame(client, selected, best=best)
 
 
@@ -61,6 +68,7 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
             "study": tags.get("harness.study"),
             "trial": int(trial) if trial is not None and str(trial).lstrip("-").isdigit() else None,
             "parent_run_id": tags.get("mlflow.parentRunId"),
+            "init_from": tags.get("harness.init_from"),
             "start_time": r.info.start_time,
             "end_time": r.info.end_time,
             "wall_time_s": wall,
@@ -69,7 +77,7 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
         for c in INFO_COLUMNS:
             info[c].append(row[c])
     cols: dict[str, Any] = {}
-    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "parent_run_id"):
+    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "parent_run_id", "init_from"):
         cols[c] = pd.Series(info[c], dtype=object)
     cols["trial"] = pd.Series(info["trial"], dtype="Int64")
     for c in ("start_time", "end_time"):
@@ -115,7 +123,7 @@ def objective_order(df: Any) -> tuple[str, bool] | None:
     if not objective:
         return None
     metric, direction = objective
-    column = f"best/{metric}" if f"best/{metric}" in df.columns and direction == "minimize" else metric
+    column = f"best/{metric}" if f"best/{metric}" in df.columns else metric  # best/ is the best in the metric's own sense
     return (column, direction == "minimize") if column in df.columns else None
 
 

@@ -17,13 +17,15 @@ from typing import Any
 
 from harness.tracking import parse_store_url
 
-__all__ = ["BEST_KEYS", "best_by_run", "load_metrics", "metric_order"]
+__all__ = ["BEST_KEYS", "HIGHER_IS_BETTER", "best_by_run", "load_metrics", "metric_order"]
 
 SQL_BATCH = 500  # run ids per SELECT (well under SQLite's bound-parameter limit)
 
 #: Metrics whose per-run minimum is reported by ``runs()`` as ``best/<key>`` (evaluation metrics: few points each).
-BEST_KEYS = ("val/loss", "train/loss_eval", "train/loss_epoch")
-_FIRST_METRICS = ("val/loss", "train/loss", "train/loss_eval", "train/loss_epoch")
+BEST_KEYS = ("val/loss", "train/loss_eval", "train/loss_epoch", "val/accuracy")
+#: Metrics where more is better: their best/ value is the maximum.
+HIGHER_IS_BETTER = ("val/accuracy",)
+_FIRST_METRICS = ("val/loss", "val/accuracy", "train/loss", "train/loss_eval", "train/loss_epoch")
 
 
 def _empty_history() -> Any:
@@ -153,15 +155,18 @@ def _load_per_run(client: Any, run_ids: list[str], keys: Sequence[str] | None) -
 
 
 def best_by_run(hist: Any) -> dict[tuple[str, str], tuple[float, int]]:
-    """(run_id, metric) -> (min value, its first step), NaN and inf ignored."""
+    """(run_id, metric) -> (best value, its first step): the minimum, or the maximum for HIGHER_IS_BETTER metrics;
+    NaN and inf ignored."""
     import numpy as np
 
     if hist.empty:
         return {}
-    h = hist[np.isfinite(hist["value"].to_numpy())]
+    h = hist[np.isfinite(hist["value"].to_numpy())].copy()
     if h.empty:
         return {}
-    idx = h.groupby(["run_id", "metric"], sort=False)["value"].idxmin()
+    higher = h["metric"].isin(HIGHER_IS_BETTER).to_numpy()
+    h["score"] = np.where(higher, -h["value"].to_numpy(), h["value"].to_numpy())  # the best is the lowest score
+    idx = h.groupby(["run_id", "metric"], sort=False)["score"].idxmin()
     best = h.loc[idx.to_numpy()]
     return {(r, m): (float(v), int(s)) for r, m, v, s in zip(best["run_id"], best["metric"], best["value"], best["step"])}
 

@@ -71,12 +71,12 @@ def generate(target: str | Path, prompt: str = "", *, max_tokens: int = 200, tem
     if instruct:
         notes.append("an instruction-tuned run: the prompt is the instruction, in the run's template")
     if text_in:
-        try:
-            ids = [int(i) for i in tok.encode(text_in)]
-        except HarnessError as exc:
-            raise UsageError(f"the prompt cannot be encoded with this run's tokenizer: {exc}") from None
+        encoded, dropped = tok.encode_known(text_in)
+        ids = [int(i) for i in encoded]
+        if dropped:
+            notes.append(f"left out {dropped} character{'s' if dropped != 1 else ''} of the prompt that the model never saw")
         if not ids:
-            raise UsageError("the prompt encodes to no tokens")
+            raise UsageError("the prompt encodes to no tokens this run's tokenizer knows")
     elif tok.bos_id is not None:
         ids = [tok.bos_id]
     else:

@@ -10,18 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["grad_norm", "loss_curve", "lr_schedule", "objective_panels", "objective_vs_param", "overlay", "overlay_panels", "save"]
+__all__ = ["confusion_matrix", "grad_norm", "loss_curve", "lr_schedule", "objective_panels", "objective_vs_param", "overlay", "overlay_panels", "save"]
 
 Curve = tuple[Sequence[float], Sequence[float]]
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """(figure, axes) drawn off-screen. A plain ``Figure`` needs no pyplot and no backend switch, so drawing here
+    never changes a notebook's or an application's matplotlib backend, and nothing has to be closed."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def save(fig: Any, path: str | Path) -> Path:
@@ -29,7 +29,6 @@ def save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
     return path
 
 
@@ -40,8 +39,7 @@ def _done(fig: Any) -> Any:
 
 def loss_curve(curves: Mapping[str, Curve], *, title: str = "") -> Any:
     """Train and val loss against step (log y: losses span orders of magnitude early on)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure(figsize=(7, 4.2))
     styles = {"train/loss": dict(alpha=0.45, lw=1), "train/loss_eval": dict(marker=".", lw=1.5), "val/loss": dict(marker=".", lw=1.8)}
     for key in ("train/loss", "train/loss_eval", "val/loss"):
         if key in curves and len(curves[key][0]):
@@ -62,8 +60,7 @@ def _maybe_log(ax: Any, values: Sequence[float]) -> None:
 
 
 def grad_norm(curve: Curve, *, clip: float | None, title: str = "") -> Any:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _figure(figsize=(7, 4.2))
     ax.plot(curve[0], curve[1], lw=0.8, label="grad norm (before clipping)")
     if clip is not None:
         ax.axhline(clip, color="tab:red", ls="--", lw=1.2, label=f"clip threshold {clip:g}")
@@ -77,8 +74,7 @@ def grad_norm(curve: Curve, *, clip: float | None, title: str = "") -> Any:
 
 
 def lr_schedule(curve: Curve, *, title: str = "") -> Any:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _figure(figsize=(7, 3.5))
     ax.plot(curve[0], curve[1], lw=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
@@ -89,8 +85,7 @@ def lr_schedule(curve: Curve, *, title: str = "") -> Any:
 
 def overlay(curves: Mapping[str, Curve], *, metric: str, title: str = "") -> Any:
     """One line per run (label = run name) for one metric."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = _figure(figsize=(8, 4.8))
     values: list[float] = []
     for label, (steps, vals) in curves.items():
         if len(steps):
@@ -108,8 +103,7 @@ def overlay(curves: Mapping[str, Curve], *, metric: str, title: str = "") -> Any
 
 def objective_vs_param(xs: Sequence[Any], ys: Sequence[float], *, param: str, objective: str, log_x: bool,
                        labels: Sequence[str] | None = None) -> Any:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = _figure(figsize=(6, 4.2))
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     pos = list(xs) if numeric else [str(x) for x in xs]
     ax.scatter(pos, ys, s=36)
@@ -128,10 +122,9 @@ def objective_vs_param(xs: Sequence[Any], ys: Sequence[float], *, param: str, ob
 def overlay_panels(panels: Mapping[str, Mapping[str, Curve]], *, title: str = "") -> Any:
     """One panel per metric (``panels[metric][run label] = (steps, values)``), one line per run, the same colour for a
     run in every panel and one shared legend of run names."""
-    plt = _plt()
     keys = [k for k in panels if any(len(c[0]) for c in panels[k].values())] or list(panels)[:1]
     n = max(len(keys), 1)
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 4.4), squeeze=False)
+    fig, axes = _figure(1, n, figsize=(6.2 * n, 4.4), squeeze=False)
     labels: list[str] = []
     for k in keys:
         labels += [lab for lab in panels[k] if lab not in labels]
@@ -163,10 +156,9 @@ def objective_panels(points: Mapping[str, Sequence[Any]], ys: Sequence[float], *
                      log_x: Mapping[str, bool] | None = None, labels: Sequence[str] | None = None) -> Any:
     """A sweep's objective against each swept param: one panel per param (``points[param]`` are the x values, in the
     order of ``ys``), a log x axis where ``log_x[param]``, each point labelled (e.g. with its trial number)."""
-    plt = _plt()
     params = list(points)
     n = max(len(params), 1)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.2), squeeze=False, sharey=True)
+    fig, axes = _figure(1, n, figsize=(5.2 * n, 4.2), squeeze=False, sharey=True)
     for ax, param in zip(axes[0], params):
         xs = list(points[param])
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
@@ -183,4 +175,22 @@ def objective_panels(points: Mapping[str, Sequence[Any]], ys: Sequence[float], *
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(objective)
     _maybe_log(axes[0][0], list(ys))
+    return _done(fig)
+
+
+def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], *, title: str = "") -> Any:
+    """Rows: the true label; columns: the predicted one; each cell its count, shaded by its share of the row."""
+    n = len(labels)
+    fig, ax = _figure(figsize=(1.2 * n + 2.5, 1.0 * n + 2.0))
+    totals = [max(sum(row), 1) for row in counts]
+    shares = [[c / t for c in row] for row, t in zip(counts, totals)]
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(counts[i][j]), ha="center", va="center", color="white" if shares[i][j] > 0.5 else "black")
+    ax.set_xticks(range(n), labels, rotation=30, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
     return _done(fig)

@@ -49,15 +49,14 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
     A store that is already a tracking server (``http://...``) needs no UI process: ``argv`` is None and ``url`` is
     that server."""
     from harness.tracking import parse_store_url, tracking_uri
+    from harness.tracking.store import require_store
 
     uri = tracking_uri(uri)
     store = parse_store_url(uri)
     if store.kind == "http":
         return ServerPlan(argv=None, url=uri, store=uri)
+    require_store(uri)
     path = store.path
-    if path is not None and not path.exists():
-        raise UsageError(f"no MLflow store at {path} (tracking URI {uri}); run an experiment here first, cd to the project "
-                         "folder, or set MLFLOW_TRACKING_URI")
     if store.kind == "sqlite" and path is not None:
         backend = store.absolute()
         artifacts = path.resolve().parent

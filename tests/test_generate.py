@@ -82,7 +82,7 @@ def test_cli_generate_prints_the_text(in_sweep: SimpleNamespace, capsys: pytest.
 @pytest.mark.parametrize("argv, message", [
     (["generate", "0" * 32], f"no run with id '{'0' * 32}'"),
     (["generate", "not-a-run"], "'not-a-run' is neither a checkpoint file, nor a run id, nor an experiment in sqlite:///"),
-    (["generate", "TRIAL0", "--prompt", "Zebra \u20ac"], "characters outside the vocabulary"),
+    (["generate", "TRIAL0", "--prompt", "\u20ac\u20ac"], "the prompt encodes to no tokens this run's tokenizer knows"),
     (["generate", "TRIAL0", "--temperature", "-1"], "--temperature must be 0"),
 ])
 def test_cli_generate_errors_exit_2(in_sweep: SimpleNamespace, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
@@ -90,6 +90,12 @@ def test_cli_generate_errors_exit_2(in_sweep: SimpleNamespace, capsys: pytest.Ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_characters_the_model_never_saw_are_left_out_with_a_note(in_sweep: SimpleNamespace) -> None:
+    out = generate(in_sweep.trials[0], "the \u20ac", max_tokens=3, temperature=0)
+    assert out.prompt == "the \u20ac" and "left out 1 character of the prompt that the model never saw" in out.notes
+    assert out.completion == generate(in_sweep.trials[0], "the ", max_tokens=3, temperature=0).completion
 
 
 def test_checkpoint_without_its_spec_is_a_clear_error(in_sweep: SimpleNamespace, tmp_path: Path) -> None:

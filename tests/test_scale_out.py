@@ -140,6 +140,8 @@ def test_a_killed_machines_trial_is_resumed_elsewhere_from_the_artifact_store(se
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["harness.resumes"] == "1"
+    # it went on from the checkpoint the victim uploaded at step 4, not from step 0 (a replay gives the same history)
+    assert run.data.tags["harness.resumed_from_step"] == "4", run.data.tags.get("harness.resume_warnings")
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(steps) == list(range(STEPS)), "no step logged twice, none missing"
     assert not [r for r in client.search_runs([run.info.experiment_id]) if r.info.status == "RUNNING"]

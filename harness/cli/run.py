@@ -101,7 +101,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(exc.render())
             continue
         sw = spec.sweep
-        kind = f"sweep of {sw.grid_size() if sw.sampler == 'grid' else sw.n_trials} trials" if sw else "run"
+        if sw is None:
+            kind = "run"
+        elif sw.sampler == "grid" or sw.n_trials:
+            kind = f"sweep of {sw.n_trials or sw.grid_size()} trials"
+        else:
+            kind = f"sweep; the {sw.sampler} sampler needs n_trials: set sweep.n_trials or pass --n-trials to harness run"
         print(f"ok: {path} ({kind})")
     if bad:
         print(f"{bad} of {len(args.specs)} spec file{'s' if len(args.specs) != 1 else ''} invalid", file=sys.stderr)

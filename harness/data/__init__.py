@@ -1,7 +1,8 @@
 """Data: corpora (``corpora``), tokenizers (``tokenizers``), the train/val split (``prepare``), batches for the
-trainer (``batches``) and the spec checks that need the data (``checks``).
+trainer (``batches``), the spec checks that need the data (``checks``), and finetuning: datasets (``datasets``), their
+examples with -100 targets (``tasks``) and their batches (``pairs``).
 
-Only ``batches`` imports torch.
+Only ``batches`` and ``pairs`` import torch.
 """
 
 from harness.data.checks import check_data, validate_data

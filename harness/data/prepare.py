@@ -16,7 +16,7 @@ from harness.data.corpora import corpus_key, load_text
 from harness.data.tokenizers import Tokenizer, make_tokenizer, tokenizer_from_dict
 from harness.spec.schema import DataSpec
 
-__all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "window_stride"]
+__all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "split_point", "window_stride"]
 
 
 PAD_TARGET = -100  # the target of a padding position: cross-entropy's ignore_index, so it never counts
@@ -51,8 +51,8 @@ def count_windows(n_tokens: int, seq_len: int, stride: int) -> int:
     return (n_tokens - seq_len - 1) // stride + 1
 
 
-def _split_point(n: int, val_fraction: float) -> int:
-    """The first index of the validation tail."""
+def split_point(n: int, val_fraction: float) -> int:
+    """The first index of the validation tail of ``n`` items: every split (corpus, documents, dataset rows) uses it."""
     return n - int(round(n * val_fraction))
 
 
@@ -92,7 +92,7 @@ def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | 
     if data.sampling == "documents":
         return _documents(data, text, tok)
     ids = tok.encode(text)
-    cut = _split_point(len(ids), data.val_fraction)
+    cut = split_point(len(ids), data.val_fraction)
     train, val = ids[:cut], ids[cut:]
     stride = window_stride(data)
     return Prepared(tok, len(text), train, val, len(train), len(val),
@@ -104,7 +104,7 @@ def _documents(data: DataSpec, text: str, tok: Tokenizer) -> Prepared:
     if tok.bos_id is None:  # the schema only allows documents sampling with the char tokenizer, which then has one
         raise ValueError("documents sampling needs a tokenizer with a BOS id")
     lines = [ln for ln in text.split("\n") if ln.strip()]
-    cut = _split_point(len(lines), data.val_fraction)
+    cut = split_point(len(lines), data.val_fraction)
     bos = np.array([tok.bos_id], dtype=np.int64)
     docs = [np.concatenate([bos, tok.encode(ln), bos]) for ln in lines]
     train_docs, val_docs = docs[:cut], docs[cut:]

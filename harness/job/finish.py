@@ -7,7 +7,7 @@ from typing import Any
 from harness.job.build import Built, sample_text
 from harness.job.outcome import RunOutcome
 from harness.spec import Spec
-from harness.tracking import MlflowTracker
+from harness.tracking import MlflowTracker, TrackingError
 from harness.train.events import StopReason, TrainResult
 
 __all__ = ["finish"]
@@ -23,18 +23,47 @@ def finish(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult
     facts = dict(built.facts)
     if built.logger is not None and built.logger.initial_loss is not None:
         facts["initial_loss"] = built.logger.initial_loss
-    _log_summary(tracker, result, built.trainer.watch)
-    _tag_outcome(tracker, result, facts)
-    # An interrupted run ends quickly (the user is waiting): its plots and sample come when it is resumed and ends.
-    if result.stop_reason is not StopReason.INTERRUPTED:
-        _log_plots(spec, tracker)
-        if result.stop_reason not in (StopReason.DIVERGED, StopReason.FAILED):
-            sample = sample_text(spec, built)
-            if sample:
-                tracker.log_text(sample, "sample.txt")
-    _upload_checkpoints(spec, tracker, built)
-    tracker.end(result.stop_reason.status)
+    try:
+        _log_summary(tracker, result, built.trainer.watch)
+        _tag_outcome(tracker, result, facts)
+        _extras(spec, tracker, built, result)
+        _upload_checkpoints(spec, tracker, built)
+        tracker.end(result.stop_reason.status)
+    except TrackingError as exc:  # the store went away just now: the same way out as during training
+        if built.logger is not None:
+            built.logger.offline_error = str(exc)
+        tracker.offline = True
+        return _finish_offline(spec, tracker, built, result, resumed_from=resumed_from)
     return _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)
+
+
+def _extras(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult) -> None:
+    """Plots, a text sample, a classifier's report: conveniences. One that fails is named in a tag; the run still ends
+    with its status. An interrupted run skips them (the user is waiting); they come when it is resumed and ends."""
+    if result.stop_reason is StopReason.INTERRUPTED:
+        return
+    failed = result.stop_reason in (StopReason.DIVERGED, StopReason.FAILED)
+    steps = [("plots", lambda: _log_plots(spec, tracker))]
+    if not failed and spec.task.kind != "classify":
+        steps.append(("sample", lambda: _log_sample(spec, tracker, built)))
+    if not failed and spec.task.kind == "classify":
+        steps.append(("classification report", lambda: _classification_report(spec, tracker, built)))
+    problems = []
+    for name, step in steps:
+        try:
+            step()
+        except TrackingError:
+            raise
+        except Exception as exc:
+            problems.append(f"{name}: {type(exc).__name__}: {exc}")
+    if problems:
+        tracker.set_tags({"harness.finish_error": " | ".join(problems)[:5000]})
+
+
+def _log_sample(spec: Spec, tracker: MlflowTracker, built: Built) -> None:
+    sample = sample_text(spec, built)
+    if sample:
+        tracker.log_text(sample, "sample.txt")
 
 
 def _log_summary(tracker: MlflowTracker, result: TrainResult, watch: str) -> None:
@@ -61,19 +90,52 @@ def _tag_outcome(tracker: MlflowTracker, result: TrainResult, facts: dict[str, A
 
 def _log_plots(spec: Spec, tracker: MlflowTracker) -> None:
     """Loss curve, gradient norm and lr schedule from the run's whole history (earlier sessions of a resumed run
-    included). Plots are a convenience: a failure is tagged, never allowed to lose the run's status."""
+    included)."""
     from harness import plots
 
-    try:
-        hist = {k: tracker.client.get_metric_history(tracker.run_id, k) for k in _PLOTTED}
-        curves = {k: ([m.step for m in v], [m.value for m in v]) for k, v in hist.items() if v}
-        tracker.log_figure(plots.loss_curve(curves, title=f"{spec.name} ({tracker.run_id[:8]})"), "plots/loss_curve.png")
-        if "grad_norm" in curves:
-            tracker.log_figure(plots.grad_norm(curves["grad_norm"], clip=spec.train.clip_grad_norm, title=spec.name), "plots/grad_norm.png")
-        if "lr" in curves:
-            tracker.log_figure(plots.lr_schedule(curves["lr"], title=spec.name), "plots/lr_schedule.png")
-    except Exception as exc:
-        tracker.set_tags({"harness.plot_error": str(exc)[:500]})
+    hist = {k: tracker.client.get_metric_history(tracker.run_id, k) for k in _PLOTTED}
+    curves = {k: ([m.step for m in v], [m.value for m in v]) for k, v in hist.items() if v}
+    tracker.log_figure(plots.loss_curve(curves, title=f"{spec.name} ({tracker.run_id[:8]})"), "plots/loss_curve.png")
+    if "grad_norm" in curves:
+        tracker.log_figure(plots.grad_norm(curves["grad_norm"], clip=spec.train.clip_grad_norm, title=spec.name), "plots/grad_norm.png")
+    if "lr" in curves:
+        tracker.log_figure(plots.lr_schedule(curves["lr"], title=spec.name), "plots/lr_schedule.png")
+
+
+def _classification_report(spec: Spec, tracker: MlflowTracker, built: Built) -> None:
+    """The final model on the whole validation split: per-label precision and recall, and the confusion matrix
+    (confusion_matrix.csv and .png)."""
+    import torch
+
+    from harness import plots
+    from harness.data.prepare import PAD_TARGET
+
+    task = built.task
+    if task is None or task.val_examples == 0:
+        return
+    model = built.trainer.model
+    model.eval()
+    n = len(task.labels)
+    counts = [[0] * n for _ in range(n)]
+    with torch.no_grad():
+        for start in range(0, task.val_examples, 256):
+            x = torch.from_numpy(task.val_x[start : start + 256]).to(built.device)
+            y = torch.from_numpy(task.val_y[start : start + 256]).to(built.device)
+            logits = model(x)  # (B, T, n_labels)
+            graded = y != PAD_TARGET  # one position per example: its last real token
+            for true, pred in zip(y[graded].tolist(), logits[graded].argmax(-1).tolist()):
+                counts[true][pred] += 1
+    metrics = {}
+    for i, label in enumerate(task.labels):
+        predicted, actual = sum(row[i] for row in counts), sum(counts[i])
+        metrics[f"val/precision/{label}"] = counts[i][i] / predicted if predicted else 0.0
+        metrics[f"val/recall/{label}"] = counts[i][i] / actual if actual else 0.0
+    tracker.log_metrics(metrics, built.trainer.step)
+    tracker.flush()
+    csv = "true/predicted," + ",".join(task.labels) + "\n" + "".join(
+        f"{label}," + ",".join(str(c) for c in row) + "\n" for label, row in zip(task.labels, counts))
+    tracker.log_text(csv, "confusion_matrix.csv")
+    tracker.log_figure(plots.confusion_matrix(counts, task.labels, title=f"{spec.name}: validation"), "confusion_matrix.png")
 
 
 def _upload_checkpoints(spec: Spec, tracker: MlflowTracker, built: Built) -> None:

@@ -58,8 +58,7 @@ def run(
     # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.
     run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags()}
     if run_id is not None:
-        tracker = MlflowTracker.attach(client, run_id)
-        tracker.set_tags(run_tags)
+        tracker = MlflowTracker.attach(client, run_id, tags=run_tags)
     else:
         tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=spec.tracking.run_name or spec.name, tags=run_tags,
                                       parent_run_id=parent_run_id)
@@ -182,7 +181,7 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
     stored = _resumable_run(client, run_id, uri, allow_finished=allow_finished, assume_dead=assume_dead)
     with tempfile.TemporaryDirectory(prefix="harness-resume-") as tmp:
         spec = load_run_spec(MlflowTracker(client, run_id), Path(tmp))
-    tracker = MlflowTracker.attach(client, run_id)
+    tracker = MlflowTracker.attach(client, run_id, tags=owner_tags())
     notes: list[str] = []
 
     def say(line: str) -> None:
@@ -231,7 +230,7 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
     if tracker.local_artifacts is None and not resume_candidates(ckpt_dir):
         # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
         try:
-            tracker.download("checkpoints/last.pt", ckpt_dir)
+            tracker.download("checkpoints/last.pt", ckpt_dir.parent)  # MLflow keeps the artifact's folder: .../checkpoints/last.pt
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             problems.append(f"no checkpoint in {ckpt_dir} and none could be fetched from the tracking server ({detail})")
@@ -259,4 +258,5 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
         built = build(spec, tracker, callbacks, progress=progress)
     else:
         say(f"resuming from {loaded} (step {built.trainer.step})")
+    tracker.set_tags({"harness.resumed_from_step": str(built.trainer.step)})
     return built, loaded

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,12 +91,11 @@ def _from_path(target: Path, checkpoint: str, notes: list[str], run_id: str | No
 
 def _from_store(target: str, checkpoint: str, uri: str | None) -> TrainedModel:
     from harness.tracking import check_store, client_for, tracking_uri
+    from harness.tracking.store import require_store
     from harness.tracking.tracker import local_artifact_dir
 
     uri = tracking_uri(uri)
-    store_path = _store_file(uri)
-    if store_path is not None and not store_path.exists():
-        raise UsageError(f"'{target}' is not a file, and there is no MLflow store at {store_path} to look it up in")
+    require_store(uri)
     check_store(uri)
     client = client_for(uri)
     notes: list[str] = []
@@ -109,47 +109,41 @@ def _from_store(target: str, checkpoint: str, uri: str | None) -> TrainedModel:
     return _download(client, rid, checkpoint, notes, finished=run.info.status == "FINISHED")
 
 
-def _store_file(uri: str) -> Path | None:
-    from harness.tracking import parse_store_url
-
-    store = parse_store_url(uri)
-    return store.path if store.kind in ("sqlite", "local") else None
-
-
 def _run_for(client: Any, target: str, uri: str, notes: list[str]) -> Any:
     """The run a target means: a run (id or prefix), a sweep parent's best trial, or an experiment's best run."""
     from mlflow.exceptions import MlflowException
 
     from harness.tracking.lookup import RUN_ID, resolve_run_id
 
-    run_id = resolve_run_id(client, target, uri=uri)
-    run = None
-    if run_id is not None:
+    # A whole run id first, then an experiment's name (which may look like hex), then a run id prefix.
+    exp = None if RUN_ID.match(target) else client.get_experiment_by_name(target)
+    if exp is not None and exp.lifecycle_stage != "deleted":
+        run = _best_run(client, exp)
+        notes.append(f"experiment {target}: using its best finished run {run.info.run_id} ({run.info.run_name})")
+    else:
+        run_id = resolve_run_id(client, target, uri=uri)
         try:
-            run = client.get_run(run_id)
+            run = client.get_run(run_id) if run_id is not None else None
         except MlflowException:
             run = None
-    if run is None:
-        exp = client.get_experiment_by_name(target)
-        if exp is None or exp.lifecycle_stage == "deleted":
+        if run is None:
             if RUN_ID.match(target):
                 raise UsageError(f"no run with id '{target}' in the tracking store {uri}")
             raise UsageError(f"'{target}' is neither a checkpoint file, nor a run id, nor an experiment in {uri}")
-        run = _best_run(client, exp)
-        notes.append(f"experiment {target}: using its best finished run {run.info.run_id} ({run.info.run_name})")
     if run.data.tags.get("harness.role") == "sweep":
         run = _best_trial(client, run, notes)
     return run
 
 
 def _best_trial(client: Any, parent: Any, notes: list[str]) -> Any:
-    best = parent.data.tags.get("harness.best_trial")
-    kids = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=5000)
-    chosen = [k for k in kids if k.data.tags.get("harness.trial") == best]
-    if not chosen:
+    """A sweep's best trial: the run its parent names (``harness.best_run_id``; a retried trial keeps its first
+    attempt's run, so its trial number is not a safe key)."""
+    best = parent.data.tags.get("harness.best_run_id")
+    if not best:
         raise UsageError(f"run {parent.info.run_id} is a sweep's parent run with no best trial yet; pass a trial's run id")
-    notes.append(f"run {parent.info.run_id} is a sweep; using its best trial {best} (run {chosen[0].info.run_id})")
-    return chosen[0]
+    run = client.get_run(best)
+    notes.append(f"run {parent.info.run_id} is a sweep; using its best trial {parent.data.tags.get('harness.best_trial')} (run {best})")
+    return run
 
 
 def _best_run(client: Any, exp: Any) -> Any:
@@ -166,8 +160,14 @@ def _best_run(client: Any, exp: Any) -> Any:
 
 def _download(client: Any, rid: str, checkpoint: str, notes: list[str], *, finished: bool) -> TrainedModel:
     """The run's spec, tokenizer and checkpoint from a remote artifact store. A finished run's files never change, so
-    they are downloaded once into a cache folder; a run still going is fetched afresh."""
-    names = {p.path for p in client.list_artifacts(rid, "checkpoints")}
+    they are downloaded once into a cache folder (whole files only: each lands under a temporary name and is renamed,
+    under a lock, so concurrent trials share one download); a run still going is fetched afresh."""
+    from harness.tracking.store import local_lock
+
+    try:
+        names = {p.path for p in client.list_artifacts(rid, "checkpoints")}
+    except Exception as exc:
+        raise HarnessError(f"cannot list the checkpoints of run {rid} on the tracking server: {_first_line(exc)}") from None
     want = f"checkpoints/{checkpoint}.pt"
     other = "checkpoints/last.pt" if checkpoint == "best" else "checkpoints/best.pt"
     pick = want if want in names else other if other in names else None
@@ -175,8 +175,24 @@ def _download(client: Any, rid: str, checkpoint: str, notes: list[str], *, finis
         raise UsageError(f"run {rid} has no {want} or {other} artifact (checkpoint uploads are off, or it never saved one)")
     if pick != want:
         notes.append(f"run {rid} has no {want}; using {other}")
-    cache = Path(tempfile.gettempdir()) / "harness-models" / rid if finished else Path(tempfile.mkdtemp(prefix="harness-model-"))
-    for name in ("spec.yaml", "tokenizer.json", pick):
-        if not (cache / name).is_file():
-            client.download_artifacts(rid, name, str(cache / Path(name).parent))
+    root = Path(tempfile.gettempdir()) / "harness-models"
+    cache = root / rid if finished else Path(tempfile.mkdtemp(prefix="harness-model-"))
+    root.mkdir(parents=True, exist_ok=True)
+    with local_lock(root / f".{rid}.lock"):
+        for name in ("spec.yaml", "tokenizer.json", pick):
+            target = cache / name
+            if target.is_file():
+                continue
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                try:
+                    got = Path(client.download_artifacts(rid, name, tmp))  # tmp/<name>, folders kept
+                except Exception as exc:
+                    raise HarnessError(f"cannot fetch {name} of run {rid} from the tracking server: {_first_line(exc)}") from None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(got, target)
     return _from_path(cache / pick, checkpoint, notes, rid)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -104,8 +104,8 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
     return df
 
 
-def _sweep_objective(client: Any, selected: Sequence[Any]) -> tuple[str, str] | None:
-    """(metric, direction) of the sweep these runs are trials of, when they come from one sweep."""
+def _sweep_objective(client: Any, selected: Sequence[Any]) -> tuple[str, str, str] | None:
+    """(metric, direction, summary) of the sweep these runs are trials of, when they come from one sweep."""
     parents = {r.data.tags.get("mlflow.parentRunId") for r in selected if r.data.tags.get("harness.role") == "trial"}
     if len(parents) != 1:
         return None
@@ -113,7 +113,8 @@ def _sweep_objective(client: Any, selected: Sequence[Any]) -> tuple[str, str] | 
     if parent is None:
         return None
     params = parent.data.params
-    return params.get("sweep.objective.metric", "val/loss"), params.get("sweep.objective.direction", "minimize")
+    return (params.get("sweep.objective.metric", "val/loss"), params.get("sweep.objective.direction", "minimize"),
+            params.get("sweep.objective.summary", "best"))
 
 
 def objective_order(df: Any) -> tuple[str, bool] | None:
@@ -122,8 +123,9 @@ def objective_order(df: Any) -> tuple[str, bool] | None:
     objective = df.attrs.get("objective")
     if not objective:
         return None
-    metric, direction = objective
-    column = f"best/{metric}" if f"best/{metric}" in df.columns else metric  # best/ is the best in the metric's own sense
+    metric, direction, summary = objective
+    # best/ is the best in the metric's own sense; a sweep scored by the last value ranks by the final one
+    column = f"best/{metric}" if summary == "best" and f"best/{metric}" in df.columns else metric
     return (column, direction == "minimize") if column in df.columns else None
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from typing import Any
 
 from harness.tracking import parse_store_url
@@ -21,7 +20,7 @@ __all__ = ["BEST_KEYS", "HIGHER_IS_BETTER", "best_by_run", "load_metrics", "metr
 
 SQL_BATCH = 500  # run ids per SELECT (well under SQLite's bound-parameter limit)
 
-#: Metrics whose per-run minimum is reported by ``runs()`` as ``best/<key>`` (evaluation metrics: few points each).
+#: Metrics whose per-run best (minimum; maximum for HIGHER_IS_BETTER) ``runs()`` reports as ``best/<key>``.
 BEST_KEYS = ("val/loss", "train/loss_eval", "train/loss_epoch", "val/accuracy")
 #: Metrics where more is better: their best/ value is the maximum.
 HIGHER_IS_BETTER = ("val/accuracy",)
@@ -87,14 +86,15 @@ def load_metrics(client: Any, run_ids: Sequence[str], keys: Sequence[str] | None
     })
 
 
-@lru_cache(maxsize=4)
 def _sql_engine(uri: str) -> Any | None:
-    """A SQLAlchemy engine on the tracking store's database, or None when the store is not SQL."""
+    """A SQLAlchemy engine on the tracking store's database (no pool: its connection closes after the read), or None
+    when the store is not SQL."""
     if parse_store_url(uri).kind not in ("sqlite", "sql"):
         return None
     from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
-    return create_engine(uri)
+    return create_engine(uri, poolclass=NullPool)
 
 
 def _load_sql(engine: Any, run_ids: list[str], keys: Sequence[str] | None) -> list[tuple[Any, ...]]:

@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.errors import UsageError
-from harness.tracking import client_for, parse_store_url, tracking_uri
+from harness.tracking import client_for, tracking_uri
+from harness.tracking.store import require_store
 from harness.tracking.lookup import RUN_ID, resolve_run_id
 
-__all__ = ["RUN_ID", "children", "experiment_names", "get_run", "open_store", "role", "search_runs", "select_runs"]
+__all__ = ["RUN_ID", "all_experiment_ids", "children", "experiment_names", "get_run", "open_store", "quote_ok", "role", "search_runs", "select_runs"]
 
 
 
@@ -22,10 +23,7 @@ def open_store(uri: str | None = None) -> tuple[Any, str]:
     """(MlflowClient, uri) for an existing store. A local store that does not exist yet is an error here: reading
     must not create an empty ``mlruns/mlflow.db`` in whatever folder the user happens to be in."""
     uri = tracking_uri(uri)
-    path = parse_store_url(uri).path
-    if path is not None and not path.exists():
-        raise UsageError(f"no MLflow store at {path} (tracking URI {uri}); run an experiment here first "
-                         "(harness run SPEC), cd to the project folder, or set MLFLOW_TRACKING_URI")
+    require_store(uri)
     return client_for(uri), uri
 
 
@@ -43,7 +41,7 @@ def search_runs(client: Any, experiment_ids: list[str], filter_string: str = "")
             return out
 
 
-def _all_experiment_ids(client: Any) -> list[str]:
+def all_experiment_ids(client: Any) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
@@ -65,7 +63,7 @@ def children(client: Any, parent: Any) -> list[Any]:
     return search_runs(client, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
 
 
-def _quote_ok(s: str) -> bool:
+def quote_ok(s: str) -> bool:
     return "'" not in s and "\\" not in s
 
 
@@ -106,8 +104,8 @@ def select_runs(client: Any, selector: str | Sequence[str], *, uri: str = "", in
             exp = None
     if exp is not None and exp.lifecycle_stage != "deleted":
         return [r for r in search_runs(client, [exp.experiment_id]) if keep(r)]
-    if _quote_ok(sel):
-        tagged = search_runs(client, _all_experiment_ids(client), f"tags.`harness.study` = '{sel}'")
+    if quote_ok(sel):
+        tagged = search_runs(client, all_experiment_ids(client), f"tags.`harness.study` = '{sel}'")
         if tagged:
             return [r for r in tagged if keep(r)]
     full = resolve_run_id(client, sel, uri=uri)  # a short id, as the tables print it

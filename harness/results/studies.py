@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError
-from harness.results.store import RUN_ID, get_run, open_store, role, search_runs, _all_experiment_ids, _quote_ok, select_runs
+from harness.results.store import RUN_ID, get_run, open_store, role, search_runs, all_experiment_ids, quote_ok, select_runs
 from harness.sweep.storage import storage_url
 from harness.tracking import parse_store_url, tracking_uri
 
@@ -74,8 +74,8 @@ def resolve_study(target: str, *, storage: str | None = None, uri: str | None = 
                     parent_id = run.info.run_id
                     name = run.data.tags.get("harness.study", name)
                     candidates.append(run.data.tags.get("harness.storage", ""))
-            if parent_id is None and _quote_ok(name):
-                parents = search_runs(client, _all_experiment_ids(client), f"tags.`harness.study` = '{name}' and tags.`harness.role` = 'sweep'")
+            if parent_id is None and quote_ok(name):
+                parents = search_runs(client, all_experiment_ids(client), f"tags.`harness.study` = '{name}' and tags.`harness.role` = 'sweep'")
                 if parents:
                     parent_id = parents[-1].info.run_id
                     candidates.append(parents[-1].data.tags.get("harness.storage", ""))
@@ -121,7 +121,7 @@ def study(target: str, *, storage: str | None = None, uri: str | None = None) ->
     ``superseded`` (True for a crashed/interrupted attempt whose retry continued the same MLflow run)."""
     import pandas as pd
 
-    from harness.sweep.study import retried_numbers
+    from harness.sweep.storage import retried_numbers
 
     ref = resolve_study(target, storage=storage, uri=uri)
     with load_study(ref) as st:

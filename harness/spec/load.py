@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from harness.errors import Issue, SpecError
 from harness.spec.paths import apply_overrides, check_path, closest_path, field_paths, normalise, parse_overrides, set_path
 from harness.spec.safe_yaml import dump_yaml, read_yaml
-from harness.spec.schema import FIELD_MARK, ParamRange, Spec, is_named_corpus
+from harness.spec.schema import FIELD_MARK, SHIPPED_DATASETS, ParamRange, Spec, is_named_corpus
 
 __all__ = ["load_spec", "spec_from_dict", "spec_to_dict", "spec_to_yaml", "swept_issue", "sweep_variants", "variant"]
 
@@ -148,29 +148,45 @@ def swept_issue(file: str | None, path: str, value: Any, issue: Issue) -> Issue:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override and validate a spec file (schema only; :func:`harness.data.checks.check_data` reads the corpus).
+    """Read, override and validate a spec file (schema only; :func:`harness.data.checks.check_data` reads the data).
 
-    A relative corpus path is resolved against the spec's folder when the file is there, else the working directory."""
+    Relative file paths in it (a corpus, a dataset, a ranks file, an init checkpoint) are resolved against the spec's
+    folder when the file is there, else against the working directory."""
     name = str(path)
     raw = read_yaml(path)
     parsed = parse_overrides(overrides)
     if isinstance(raw, dict):
         raw = apply_overrides(raw, parsed)
-        _resolve_corpus(raw, Path(path).resolve().parent)
+        _resolve_paths(raw, Path(path).resolve().parent)
     return spec_from_dict(raw, file=name)
 
 
-def _resolve_corpus(raw: dict[str, Any], base: Path) -> None:
-    data = raw.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("corpus"), str):
-        return
-    corpus = data["corpus"]
-    if not corpus.strip() or is_named_corpus(corpus):
-        return
-    p = Path(corpus).expanduser()
-    if not p.is_absolute():
-        p = (base / p) if (base / p).exists() else (Path.cwd() / p)
-    data["corpus"] = str(p.resolve())
+# The spec fields that may hold a path to a file, and the values there that are names, not paths.
+_PATH_FIELDS = (("data", "corpus"), ("data", "tokenizer", "path"), ("task", "dataset"), ("init", "from"))
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    for keys in _PATH_FIELDS:
+        parent: Any = raw
+        for key in keys[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if not isinstance(value, str) or not value.strip() or _is_name(keys, value):
+            continue
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            if keys == ("init", "from") and not (base / p).exists() and not p.exists():
+                continue  # a run id or an experiment name
+            p = (base / p) if (base / p).exists() else (Path.cwd() / p)
+        parent[keys[-1]] = str(p.resolve())
+
+
+def _is_name(keys: tuple[str, ...], value: str) -> bool:
+    if keys == ("data", "corpus"):
+        return is_named_corpus(value)
+    if keys == ("task", "dataset"):
+        return value in SHIPPED_DATASETS
+    return False
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:

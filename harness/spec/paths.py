@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from harness.errors import Issue, SpecError
 from harness.spec.safe_yaml import parse_yaml
-from harness.spec.schema import ParamRange, Spec, TokenizerSpec
+from harness.spec.schema import ParamRange, PrunerSpec, Spec, TaskSpec, TokenizerSpec
 
 __all__ = ["apply_overrides", "check_path", "closest_path", "field_paths", "flatten", "inner_model", "normalise", "parse_overrides", "set_path"]
 
@@ -118,14 +118,18 @@ def parse_overrides(items: list[str] | tuple[str, ...] | None) -> list[tuple[str
     return parsed
 
 
+# Sections a spec may write as one word (``tokenizer: char``, ``task: classify``, ``pruner: median``).
+_SHORTHANDS = {("data", "tokenizer"): TokenizerSpec, ("task",): TaskSpec, ("sweep", "pruner"): PrunerSpec}
+
+
 def normalise(raw: dict[str, Any]) -> None:
-    """Expand shorthands in place so dotted overrides can reach their fields."""
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("tokenizer"), str):
-        data["tokenizer"] = TokenizerSpec._shorthand(data["tokenizer"])
-    sweep = raw.get("sweep")
-    if isinstance(sweep, dict) and isinstance(sweep.get("pruner"), str):
-        sweep["pruner"] = {"name": sweep["pruner"]}
+    """Expand shorthands in place, with each section's own rule, so dotted overrides can reach their fields."""
+    for path, model in _SHORTHANDS.items():
+        parent = raw
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None  # type: ignore[assignment]
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            parent[path[-1]] = model.expand_shorthand(parent[path[-1]])
 
 
 def set_path(raw: dict[str, Any], path: str, value: Any) -> None:

@@ -7,6 +7,7 @@ in :mod:`harness.data.checks`. This module imports neither torch nor the data la
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -69,7 +70,7 @@ class TokenizerSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthand(cls, value: Any) -> Any:
+    def expand_shorthand(cls, value: Any) -> Any:
         if isinstance(value, str):
             if value.startswith("tiktoken:"):
                 return {"kind": "tiktoken", "encoding": value.split(":", 1)[1]}
@@ -208,7 +209,9 @@ class TrainSpec(_Model):
     early_stopping: EarlyStoppingSpec | None = Field(None, description="stop when the watched metric stops improving")
     checkpoint: CheckpointSpec = Field(CheckpointSpec(), description="periodic checkpoint cadence")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto picks cuda, then mps, then cpu")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward and loss under bf16 autocast")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16: forward and loss under bf16 autocast; auto: bf16 where the device has native bf16 matmuls, else fp32"
+    )
     threads: int | None = Field(None, ge=1, le=1024, description="torch intra-op threads (null: torch's default)")
 
     @field_validator("max_steps")
@@ -274,6 +277,8 @@ class ParamRange(_Model):
                 raise ValueError(f"a log range needs low > 0 (got {low})")
             if self.log and self.step is not None:
                 raise ValueError("log and step cannot be combined")
+            if self.int is not None and self.step is not None and not float(self.step).is_integer():
+                raise ValueError(f"an int range needs a whole-number step (got {self.step})")
         elif self.log or self.step is not None:
             raise ValueError("log and step only apply to int and float ranges")
         return self
@@ -285,10 +290,23 @@ class ParamRange(_Model):
         return list(self.int if self.int is not None else self.float)  # type: ignore[arg-type]
 
 
+OBJECTIVE_METRICS = ("val/loss", "val/accuracy", "train/loss_eval", "train/loss", "train/loss_epoch")
+
+
 class ObjectiveSpec(_Model):
     """What a trial is scored by."""
 
-    metric: str = Field("val/loss", description="a logged metric, e.g. val/loss or train/loss_eval")
+    metric: str = Field("val/loss", description="a logged metric: val/loss, val/accuracy (classify), train/loss_eval, train/loss or "
+                        "train/loss_epoch")
+
+    @field_validator("metric")
+    @classmethod
+    def _logged(cls, metric: str) -> str:
+        if metric not in OBJECTIVE_METRICS:
+            close = difflib.get_close_matches(metric, OBJECTIVE_METRICS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f" (one of {', '.join(OBJECTIVE_METRICS)})"
+            raise ValueError(f"'{metric}' is not a metric a run logs{hint}")
+        return metric
     direction: Literal["minimize", "maximize"] = Field("minimize", description="minimize or maximize")
     summary: Literal["best", "last"] = Field("best", description="score a trial by the best or the last value of the metric")
 
@@ -305,7 +323,7 @@ class PrunerSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthand(cls, value: Any) -> Any:
+    def expand_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
 
@@ -363,6 +381,7 @@ class FreezeBlocks(_Model):
 
 
 DEFAULT_TEMPLATE = "Instruction: {instruction}\n{input_line}Response: "
+SHIPPED_DATASETS = ("names_by_sex", "play_lines", "play_instruct")  # built by harness.data.datasets
 
 
 class TaskSpec(_Model):
@@ -379,12 +398,12 @@ class TaskSpec(_Model):
     template: str = Field(DEFAULT_TEMPLATE, description="instruct: the prompt before each response; {instruction} and {input_line} "
                           "(the input and a newline, or nothing) are filled in")
     freeze: Literal["all_but_head", "none"] | FreezeBlocks | None = Field(
-        None, description="all_but_head, none, or {last_n_blocks: k}; default: all_but_head for classify, none otherwise"
+        None, description="all_but_head, none, or {last_n_blocks: k}; default: all_but_head for classify with init, else none"
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthand(cls, value: Any) -> Any:
+    def expand_shorthand(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -398,11 +417,9 @@ class TaskSpec(_Model):
         return self
 
     @property
-    def frozen(self) -> str | FreezeBlocks:
-        """The freezing that applies (the task's default when none is given)."""
-        if self.freeze is not None:
-            return self.freeze
-        return "all_but_head" if self.kind == "classify" else "none"
+    def dataset_is_shipped(self) -> bool:
+        return self.dataset in SHIPPED_DATASETS
+
 
 
 # ----------------------------------------------------------------------------------------------------------- spec
@@ -450,6 +467,19 @@ class Spec(_Model):
             raise ValueError(f"about {n_params:.3g} parameters before the vocabulary; at most {MAX_PARAMETERS:.0e} are allowed")
         return model
 
+    @field_validator("sweep")
+    @classmethod
+    def _objective_is_measured(cls, sweep: SweepSpec | None, info: ValidationInfo) -> SweepSpec | None:
+        data, task = info.data.get("data"), info.data.get("task")
+        metric = sweep.objective.metric if sweep is not None else None
+        if metric is None:
+            return sweep
+        if metric.startswith("val/") and data is not None and data.val_fraction == 0:
+            raise _at("objective.metric", f"{metric} needs data.val_fraction > 0")
+        if metric == "val/accuracy" and task is not None and task.kind != "classify":
+            raise _at("objective.metric", "val/accuracy is measured for task classify only")
+        return sweep
+
     @field_validator("train")
     @classmethod
     def _watched_metric_exists(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
@@ -466,6 +496,13 @@ class Spec(_Model):
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def freezing(self) -> str | FreezeBlocks:
+        """What stays frozen: task.freeze, else the default (a classifier on a pretrained body trains only its head)."""
+        if self.task.freeze is not None:
+            return self.task.freeze
+        return "all_but_head" if self.task.kind == "classify" and self.init is not None else "none"
 
     @property
     def is_sweep(self) -> bool:

@@ -7,7 +7,7 @@ trials), ``trial`` (one trial through the job), ``worker`` (take trials until no
 
 from harness._lazy import lazy_exports
 
-_EXPORTS = {"SweepResult": "report", "SweepStart": "driver", "retried_numbers": "study", "run_sweep": "driver",
+_EXPORTS = {"SweepResult": "report", "SweepStart": "driver", "retried_numbers": "storage", "run_sweep": "driver",
             "trials_table": "report", "verdict": "report"}
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.spec import ObjectiveSpec, ParamRange, Spec
-from harness.sweep.study import OpenStudy, retried_numbers
+from harness.sweep.storage import retried_numbers
+from harness.sweep.study import OpenStudy
 from harness.sweep.storage import study_lock
 from harness.tracking import MlflowTracker, client_for
 
@@ -34,8 +35,12 @@ class SweepResult:
 
 def verdict(final_loss: float | None, ln_vocab: float | None, stop_reason: str | None) -> str:
     """Classify a finished run from its numbers: diverged, learned, partly learned or barely moved (vs ln(vocab))."""
-    if stop_reason == "diverged" or final_loss is None or not math.isfinite(final_loss):
-        return "diverged" if stop_reason in ("diverged", None) or final_loss is not None else "-"
+    if stop_reason == "diverged":
+        return "diverged"
+    if final_loss is None:
+        return "-"
+    if not math.isfinite(final_loss):
+        return "diverged"
     if ln_vocab is None or ln_vocab <= 0:
         return "-"
     ratio = final_loss / ln_vocab
@@ -88,7 +93,9 @@ def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
     row["wall_time_s"] = metrics.get("summary/wall_time_s")
     stop = t.user_attrs.get("stop_reason") or tags.get("stop_reason")
     row["stop_reason"] = stop
-    ln_v = float(params["derived.ln_vocab"]) if "derived.ln_vocab" in params else None
+    # chance level: ln(vocabulary) for a language model, ln(number of labels) for a classifier
+    ln_key = "derived.ln_labels" if "derived.ln_labels" in params else "derived.ln_vocab"
+    ln_v = float(params[ln_key]) if ln_key in params else None
     row["verdict"] = _trial_verdict(t.state.name, stop, row["final_train_loss"], ln_v, bool(run_id))
     row["ln_vocab"] = ln_v
     row["run_id"] = run_id
@@ -153,7 +160,8 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
         metrics["best_value"] = best["value"]
     for k, v in metrics.items():
         tracker.log_metric(k, float(v), step=len(table))
-    tracker.set_tags({"harness.best_trial": best["trial"] if best else "-", "stop_reason": "interrupted" if interrupted else "completed"})
+    tracker.set_tags({"harness.best_trial": best["trial"] if best else "-", "harness.best_run_id": (best or {}).get("run_id") or "",
+                      "stop_reason": "interrupted" if interrupted else "completed"})
     tracker.end("KILLED" if interrupted else "FINISHED")
     return artifacts
 

@@ -19,12 +19,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.errors import UsageError
 from harness.tracking.store import local_lock, parse_store_url, project_root, quiet_mlflow
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "make_storage", "storage_url", "study_lock"]
+__all__ = ["GRACE_S", "HEARTBEAT_S", "MAX_CRASH_RETRIES", "TrialStore", "close_storage", "make_storage", "retried_numbers",
+           "storage_url", "study_lock"]
 
 HEARTBEAT_S = 20  # a running trial records a heartbeat this often
 GRACE_S = 90  # a trial whose heartbeat is older than this is stale: its worker died (on any machine)
+MAX_CRASH_RETRIES = 5  # a trial whose worker dies this many times (an out-of-memory kill, say) is not tried again
 
 
 def storage_url(configured: str | None, study_name: str) -> str:
@@ -63,12 +66,73 @@ def make_storage(url: str) -> Any:
             store.path.parent.mkdir(parents=True, exist_ok=True)
         # Several workers write the same file: wait for SQLite's lock instead of failing with "database is locked".
         kwargs["connect_args"] = {"timeout": 120}
+    if store.kind == "local":
+        raise UsageError(f"the study storage {url!r} is a plain path: use sqlite:///{url} for a SQLite file, or a path ending in "
+                         ".log (or journal:<path>) for an Optuna journal file")
     with warnings.catch_warnings():
         # Heartbeats and the retry callback are marked experimental; they are Optuna's answer to worker failures.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_CRASH_RETRIES)
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                           heartbeat_stale_trial_callback=retry)
+
+
+def close_storage(storage: Any) -> None:
+    """Close a database storage's pooled connections (psycopg warns about connections left to the garbage collector)."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """Numbers of trials that were retried (a crashed or interrupted attempt): each has a newer copy that continues
+    its MLflow run, so it no longer counts."""
+    import optuna
+
+    out: set[int] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for t in trials:
+            out.update(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t))
+    return out
+
+
+class TrialStore:
+    """The per-trial storage operations that Optuna's Study API does not offer with ask/tell: a trial's storage id, its
+    heartbeat, and failing a trial that another process left RUNNING. They exist only on Optuna's storage classes;
+    every use of those in harness is here."""
+
+    def __init__(self, storage: Any, study_name: str):
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def beats(self) -> bool:
+        return hasattr(self.storage, "record_heartbeat") and self.storage.get_heartbeat_interval() is not None
+
+    def beat(self, number: int) -> None:
+        if self.beats():
+            self.storage.record_heartbeat(self.trial_id(number))
+
+    def fail(self, study: Any, number: int, *, stop_reason: str, retry: bool) -> bool:
+        """Mark RUNNING trial ``number`` FAIL with ``stop_reason``, and (``retry``) queue a copy that continues its MLflow
+        run. False when another process ended it first (so one retry at most is ever queued)."""
+        import optuna
+
+        tid = self.trial_id(number)
+        try:
+            self.storage.set_trial_user_attr(tid, "stop_reason", stop_reason)
+            if not self.storage.set_trial_state_values(tid, state=optuna.trial.TrialState.FAIL):
+                return False
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False
+        if retry:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(study, self.storage.get_trial(tid))
+        return True
 
 
 def _lock_key(url: str, study_name: str) -> int:
@@ -111,7 +175,8 @@ def _database_lock(url: str, key: int) -> Iterator[None]:
 
     engine = _lock_engine(url)
     dialect = engine.dialect.name
-    with engine.connect() as conn:
+    # AUTOCOMMIT: a session lock held by a connection idle in a transaction could be cut by idle-transaction timeouts
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if dialect == "postgresql":
             conn.execute(text("select pg_advisory_lock(:k)"), {"k": key})
             release = text("select pg_advisory_unlock(:k)")
@@ -119,9 +184,8 @@ def _database_lock(url: str, key: int) -> Iterator[None]:
             conn.execute(text("select get_lock(:k, -1)"), {"k": f"harness-{key}"})
             release = text("select release_lock(:k)")
         else:
-            raise NotImplementedError(f"no study lock for {dialect} storages; use PostgreSQL, MySQL or SQLite")
+            raise UsageError(f"sweeps on {dialect} storages are not supported (no cross-machine lock); use PostgreSQL, MySQL or SQLite")
         try:
             yield
         finally:
             conn.execute(release, {"k": key if dialect == "postgresql" else f"harness-{key}"})
-            conn.commit()

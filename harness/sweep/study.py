@@ -21,9 +21,9 @@ from typing import Any
 from harness.errors import Issue, SpecError, UsageError
 from harness.spec import Spec, flatten, is_named_corpus, spec_to_dict, spec_to_yaml
 from harness.sweep.storage import make_storage, study_lock
-from harness.tracking import MlflowTracker, client_for
+from harness.tracking import MlflowTracker, check_store, client_for
 
-__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "grid_points", "open_study", "point_key", "retried_numbers", "spec_digest", "total_trials"]
+__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "grid_points", "open_study", "point_key", "spec_digest", "total_trials"]
 
 #: Fields that cannot change what a trial computes: changing them does not make a different study.
 NO_EFFECT_FIELDS = ("tracking.tags", "tracking.sample_tokens", "tracking.sample_prompt", "tracking.log_checkpoints",
@@ -64,22 +64,17 @@ def point_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
-def retried_numbers(trials: list[Any]) -> set[int]:
-    """Numbers of trials that were retried (a crashed or interrupted attempt): each has a newer copy that continues
-    its MLflow run, so it no longer counts."""
-    out: set[int] = set()
-    for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))
-    return out
-
-
 def _comparable(spec: Spec) -> dict[str, Any]:
     """The spec's fields that can change a result. A corpus file counts by its content, not its path, so machines
     that keep the same file in different places run the same study."""
     flat = flatten(spec_to_dict(spec))
     out = {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS)}
-    if not is_named_corpus(spec.data.corpus):
-        out["data.corpus"] = f"file with sha256 {_file_digest(spec.data.corpus)}"
+    files = {"data.corpus": spec.data.corpus if spec.data.corpus and not is_named_corpus(spec.data.corpus) else None,
+             "task.dataset": spec.task.dataset if spec.task.dataset and not spec.task.dataset_is_shipped else None,
+             "data.tokenizer.path": spec.data.tokenizer.path}
+    for key, path in files.items():
+        if path is not None:
+            out[key] = f"file with sha256 {_file_digest(path)}"
     return out
 
 
@@ -107,13 +102,12 @@ def open_study(spec: Spec, *, name: str, url: str, fresh: bool, uri: str, total:
 
     sw = spec.sweep
     assert sw is not None
+    if not url.startswith("journal:") and not url.endswith(".log"):
+        check_store(url)  # an unreachable database or a missing driver: exit 2 with a message, before anything
     with study_lock(url, name):
         storage = make_storage(url)
         if fresh:
-            try:
-                optuna.delete_study(study_name=name, storage=storage)
-            except KeyError:
-                pass
+            _retire(name, storage, uri)
         study = optuna.create_study(study_name=name, storage=storage, direction=sw.objective.direction, load_if_exists=True,
                                     sampler=make_sampler(spec), pruner=make_pruner(spec))
         if study.direction.name.lower() != sw.objective.direction:
@@ -122,6 +116,26 @@ def open_study(spec: Spec, *, name: str, url: str, fresh: bool, uri: str, total:
         _check_same_spec(spec, study, name)
         parent = _parent_run(spec, study, uri, name, url)
     return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total)
+
+
+def _retire(name: str, storage: Any, uri: str) -> None:
+    """--fresh: delete the study; its parent run (if still open) ends KILLED, tagged as superseded."""
+    import optuna
+
+    try:
+        old = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    parent = old.user_attrs.get("mlflow_parent_run_id")
+    optuna.delete_study(study_name=name, storage=storage)
+    if parent:
+        client = client_for(uri)
+        try:
+            if client.get_run(parent).info.status == "RUNNING":
+                client.set_tag(parent, "stop_reason", "superseded")
+                client.set_terminated(parent, status="KILLED")
+        except Exception:
+            pass  # the old parent is gone or unreachable: nothing to close
 
 
 def _check_same_spec(spec: Spec, study: Any, name: str) -> None:
@@ -150,12 +164,16 @@ def _check_same_spec(spec: Spec, study: Any, name: str) -> None:
 
 def _parent_run(spec: Spec, study: Any, uri: str, name: str, url: str) -> str:
     """The sweep's parent MLflow run: created once per study, shared by every invocation (RUNNING while any runs)."""
+    from mlflow.exceptions import MlflowException
+
     client = client_for(uri)
     existing = study.user_attrs.get("mlflow_parent_run_id")
     if existing:
         try:
             run = client.get_run(existing)
-        except Exception:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # a store that fails now must not get a second parent run
             run = None
         if run is not None and run.info.lifecycle_stage != "deleted":
             if run.info.status != "RUNNING":
@@ -164,7 +182,7 @@ def _parent_run(spec: Spec, study: Any, uri: str, name: str, url: str) -> str:
     tags = {**spec.tracking.tags, "harness.role": "sweep", "harness.study": name, "harness.spec_name": spec.name,
             "harness.storage": url, "harness.spec_digest": spec_digest(spec)}
     tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=f"{spec.name}-sweep", tags=tags)
+    study.set_user_attr("mlflow_parent_run_id", tracker.run_id)  # at once: a later failure leaves no orphan parent
     tracker.log_params({f"sweep.{k}": v for k, v in flatten(spec_to_dict(spec)["sweep"]).items()})
     tracker.log_text(spec_to_yaml(spec), "spec.yaml")
-    study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
     return tracker.run_id

@@ -4,8 +4,6 @@ the objective. Also the sampler and pruner a sweep spec asks for."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,8 +45,7 @@ def make_pruner(spec: Spec) -> Any:
     if p.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1 if p.min_resource == "auto" else p.min_resource,
-                                              reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
@@ -84,8 +81,6 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec) -> TrialOutcome:
     """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM."""
     import signal
 
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("host", socket.gethostname())
     sw = base.sweep
     assert sw is not None
     params = {path: _suggest(trial, path, space) for path, space in sw.params.items()}
@@ -136,8 +131,11 @@ def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[An
 
     client = client_for(settings.tracking_uri)
     run = _existing_run(client, trial.user_attrs.get("mlflow_run_id"))
-    if run is not None and run.info.status == "FINISHED":
-        return run.info.run_id, StopReason(run.data.tags.get("stop_reason", "completed")), "FINISHED", "", None
+    ended = run is not None and run.info.status in ("FINISHED", "FAILED", "KILLED")
+    stop = run.data.tags.get("stop_reason") if run is not None else None
+    if ended and stop is not None and not StopReason.is_retry(stop):
+        # it ended (completed, early-stopped, pruned, diverged, failed) before its worker died: only the study was not told
+        return run.info.run_id, StopReason(stop), run.info.status, run.data.tags.get("harness.message", ""), None
     if run is not None and run_is_set_up(client, run.info.run_id):
         out = job.resume(run.info.run_id, uri=settings.tracking_uri, callbacks=callbacks, progress=progress, assume_dead=True)
     else:

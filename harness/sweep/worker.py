@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -21,8 +22,8 @@ from typing import Any, Iterator
 
 from harness.errors import HarnessError
 from harness.spec import Spec, spec_from_dict
-from harness.sweep.storage import HEARTBEAT_S, make_storage, study_lock
-from harness.sweep.study import grid_points, point_key, retried_numbers
+from harness.sweep.storage import GRACE_S, HEARTBEAT_S, MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, retried_numbers, study_lock
+from harness.sweep.study import grid_points, point_key
 from harness.sweep.trial import TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
 from harness.testing import faults
 from harness.tracking import client_for
@@ -30,6 +31,8 @@ from harness.tracking.liveness import mark_run_crashed, pid_alive
 from harness.train.events import StopReason
 
 __all__ = ["WorkerPlan", "run_workers", "work"]
+
+GRID_POINT = "harness.grid_point"  # the user attribute that says which grid point a trial was queued for
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,7 @@ def work(plan: WorkerPlan) -> int:
     try:
         return _take_trials(plan, base, storage)
     finally:
-        engine = getattr(storage, "engine", None)  # an RDB storage's connections: closed, not left to the GC
-        if engine is not None:
-            engine.dispose()
+        close_storage(storage)
 
 
 def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
@@ -65,20 +66,23 @@ def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
 
     name = plan.trials.study_name
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(base), pruner=make_pruner(base))
-    study_id = storage.get_study_id_from_name(name)
+    trials = TrialStore(storage, name)
     while True:
         with study_lock(plan.storage_url, name):
-            reap_stale(study, storage, study_id, plan.trials.tracking_uri)
+            reap_stale(study, trials, plan.trials.tracking_uri)
             trial = _next_trial(study, base, plan.total, plan.deadline)
+            if trial is not None:
+                # Owned before the lock is released: no reaper can take a trial whose owner is not written yet.
+                trial.set_user_attr("pid", os.getpid())
+                trial.set_user_attr("host", socket.gethostname())
+                trials.beat(trial.number)
         if trial is None:
             return 0
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
-            with _heartbeat(storage, trial_id):
+            with _heartbeat(trials, trial.number):
                 outcome = run_trial(plan.trials, trial, base)
         except TrialInterrupted as stop:
-            trial.set_user_attr("stop_reason", StopReason.INTERRUPTED.value)
-            _fail_and_retry(study, storage, trial_id)
+            trials.fail(study, trial.number, stop_reason=StopReason.INTERRUPTED.value, retry=True)
             return 128 + stop.signum
         except BaseException:
             with contextlib.suppress(Exception):
@@ -105,7 +109,7 @@ def _next_trial(study: Any, base: Spec, total: int, deadline: float | None) -> A
             point = _free_grid_point(base, trials, total)
             if point is None:
                 return None
-            study.enqueue_trial(point, skip_if_exists=False)
+            study.enqueue_trial(point, user_attrs={GRID_POINT: point_key(point)}, skip_if_exists=False)
         elif len(trials) - len(retried_numbers(trials)) >= total:
             return None
     with warnings.catch_warnings():
@@ -124,8 +128,8 @@ def _free_grid_point(base: Spec, trials: list[Any], total: int) -> dict[str, Any
     for t in trials:
         if t.number in retried or (t.state == TrialState.FAIL and StopReason.is_retry(t.user_attrs.get("stop_reason"))):
             continue
-        # fixed_params first: the worker running a queued point writes its params one at a time, outside the lock
-        taken.add(point_key(t.system_attrs.get("fixed_params") or t.params))
+        # the point it was queued with (a retry copies it): its params are written one at a time, outside the lock
+        taken.add(t.user_attrs.get(GRID_POINT) or point_key(t.params))
     return next((p for p in grid_points(base)[:total] if point_key(p) not in taken), None)
 
 
@@ -143,9 +147,9 @@ def _tell(study: Any, trial: Any, outcome: TrialOutcome) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+def _heartbeat(trials: TrialStore, number: int) -> Iterator[None]:
     """Record the trial's heartbeat every HEARTBEAT_S seconds while it runs, so other machines can tell it is alive."""
-    if not hasattr(storage, "record_heartbeat") or storage.get_heartbeat_interval() is None:
+    if not trials.beats():
         yield
         return
     stop = threading.Event()
@@ -153,9 +157,8 @@ def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             with contextlib.suppress(Exception):
-                storage.record_heartbeat(trial_id)
+                trials.beat(number)
 
-    storage.record_heartbeat(trial_id)
     thread = threading.Thread(target=beat, daemon=True, name="harness-heartbeat")
     thread.start()
     try:
@@ -165,59 +168,62 @@ def _heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _fail_and_retry(study: Any, storage: Any, trial_id: int) -> bool:
-    """Mark a RUNNING trial FAIL and queue a copy that continues its MLflow run. False when another process has
-    already ended it (so only one retry is ever queued)."""
-    import optuna
+def reap_stale(study: Any, trials: TrialStore, tracking_uri: str) -> list[int]:
+    """Trials whose worker died, marked FAIL with stop_reason=crashed and queued again (their retry resumes the same
+    MLflow run), up to MAX_CRASH_RETRIES times; their MLflow runs end FAILED/crashed. Found three ways:
 
-    try:
-        if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
-            return False
-    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
-    return True
+    * on this host, RUNNING with a dead pid (at once);
+    * on any host, RUNNING with no owner written GRACE_S after it started (its worker died while taking it);
+    * on any host, a stale heartbeat (Optuna's own check, after GRACE_S; Optuna marks it FAIL and queues the retry).
 
-
-def reap_stale(study: Any, storage: Any, study_id: int, tracking_uri: str) -> list[int]:
-    """Trials whose worker died: on this host, RUNNING with a dead pid (found at once); on any host, a stale heartbeat
-    (Optuna's check, after the grace period). Each is marked FAIL (stop_reason=crashed), its MLflow run FAILED, and
-    a retry is queued. Returns the reaped trial numbers from this host."""
+    Returns the numbers of the trials reaped here."""
     import optuna
     from optuna.trial import TrialState
 
     reaped: list[int] = []
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid, thost = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if thost != host or pid is None or int(pid) == os.getpid() or pid_alive(int(pid)):
+        if not _dead(t, host):
             continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        with contextlib.suppress(Exception):
-            storage.set_trial_user_attr(trial_id, "stop_reason", StopReason.CRASHED.value)
-        if not _fail_and_retry(study, storage, trial_id):
+        retry = len(retried_numbers([t]) | {t.number}) <= MAX_CRASH_RETRIES
+        # After MAX_CRASH_RETRIES deaths the trial is given up: FAILED, which holds its grid point for good.
+        reason = StopReason.CRASHED if retry else StopReason.FAILED
+        if not trials.fail(study, t.number, stop_reason=reason.value, retry=retry):
             continue  # another process got there first
         reaped.append(t.number)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
-            mark_run_crashed(client_for(tracking_uri), run_id)
+            pid = t.user_attrs.get("pid")
+            mark_run_crashed(client_for(tracking_uri), run_id, owner=int(pid) if pid is not None else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's own answer to dead workers
         optuna.storages.fail_stale_trials(study)
     return reaped
 
 
+def _dead(t: Any, host: str) -> bool:
+    """A RUNNING trial whose worker is known to be gone."""
+    pid, thost = t.user_attrs.get("pid"), t.user_attrs.get("host")
+    if pid is None:
+        started = t.datetime_start.timestamp() if t.datetime_start is not None else time.time()
+        return time.time() - started > GRACE_S
+    return thost == host and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
 # ----------------------------------------------------------------------------------------------------------- processes
 
 
 def _worker_entry(plan: WorkerPlan) -> None:
-    # A spawned worker keeps the default SIGINT behaviour, so Ctrl-C in the terminal reaches the trainer's handler.
+    """A spawned worker process. It leaves the terminal's process group, so a Ctrl-C reaches it once, forwarded by
+    the parent (a second would mean "stop at once, no checkpoint"). A problem the user can fix is said in one line."""
+    os.setpgid(0, 0)
     try:
         code = work(plan)
     except KeyboardInterrupt:
         code = 130
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 2
     raise SystemExit(code)
 
 
@@ -246,5 +252,6 @@ def run_workers(plan: WorkerPlan, n: int) -> int | None:
             signal.signal(s, h)
     codes = [p.exitcode for p in procs]
     if any(c not in (0, 130, 143) for c in codes) and received is None:
-        raise HarnessError(f"a sweep worker failed (exit codes {codes}); see its output above")
+        said = " (it said why, above)" if 2 in codes else "; see its output above"
+        raise HarnessError(f"a sweep worker stopped (exit codes {codes}){said}")
     return received or next((c - 128 for c in codes if c in (130, 143)), None)

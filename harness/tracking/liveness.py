@@ -60,8 +60,8 @@ def reap_stale_runs(client: Any) -> list[str]:
         pid = _other_local_pid(r.data.tags)
         if pid is None or pid_alive(pid):
             continue
-        mark_run_crashed(client, r.info.run_id)
-        reaped.append(r.info.run_id)
+        if mark_run_crashed(client, r.info.run_id, owner=pid):
+            reaped.append(r.info.run_id)
     return reaped
 
 
@@ -74,12 +74,17 @@ def run_is_set_up(client: Any, run_id: str, *, unknown: bool = True) -> bool:
         return unknown
 
 
-def mark_run_crashed(client: Any, run_id: str) -> None:
-    """End a RUNNING run FAILED with stop_reason=crashed (nothing happens to a run that has ended)."""
+def mark_run_crashed(client: Any, run_id: str, *, owner: int | None = None) -> bool:
+    """End a RUNNING run FAILED with stop_reason=crashed; True when it did. Nothing happens to a run that has ended,
+    or (``owner``) to one that another process has taken over since its owner was found dead."""
     try:
         run = client.get_run(run_id)
     except Exception:
-        return
-    if run.info.status == "RUNNING":
-        client.set_tag(run_id, "stop_reason", "crashed")
-        client.set_terminated(run_id, status="FAILED")
+        return False
+    if run.info.status != "RUNNING":
+        return False
+    if owner is not None and run.data.tags.get("harness.pid") != str(owner):
+        return False
+    client.set_tag(run_id, "stop_reason", "crashed")
+    client.set_terminated(run_id, status="FAILED")
+    return True

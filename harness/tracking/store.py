@@ -28,6 +28,7 @@ __all__ = [
     "parse_store_url",
     "project_root",
     "quiet_mlflow",
+    "require_store",
     "tracking_uri",
 ]
 
@@ -103,6 +104,17 @@ def parse_store_url(url: str) -> StoreURL:
 
 
 # ----------------------------------------------------------------------------------------------------------- checking
+
+
+def require_store(uri: str) -> None:
+    """For reading: a local store must exist already (reading never creates an empty store in whatever folder the
+    user happens to be in)."""
+    from harness.errors import UsageError
+
+    store = parse_store_url(uri)
+    if store.kind in ("sqlite", "local") and store.path is not None and not store.path.exists():
+        raise UsageError(f"no MLflow store at {store.path} (tracking URI {uri}); run an experiment here first "
+                         "(harness run SPEC), cd to the project folder, or set MLFLOW_TRACKING_URI")
 
 
 def check_store(uri: str) -> None:

@@ -45,7 +45,10 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     store = parse_store_url(tracking_uri)
     if store.kind != "sqlite" or store.path is None:
         return None
-    return str(store.path.resolve().parent / re.sub(r"[^A-Za-z0-9_.-]", "_", experiment))
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    if not folder or folder.startswith(".") or folder == store.path.name:  # never "..", a hidden folder, or the database
+        folder = "_" + folder
+    return str(store.path.resolve().parent / folder)
 
 
 def _transient(exc: Exception) -> bool:
@@ -101,9 +104,12 @@ class MlflowTracker:
         return cls(client, run.info.run_id)
 
     @classmethod
-    def attach(cls, client: Any, run_id: str) -> MlflowTracker:
-        """Re-open an existing run; metric points already stored are not written again."""
+    def attach(cls, client: Any, run_id: str, *, tags: Mapping[str, str] | None = None) -> MlflowTracker:
+        """Re-open an existing run; metric points already stored are not written again. ``tags`` (the new owner's)
+        are written before the run is marked RUNNING again, so no reaper ever sees it RUNNING under a dead owner."""
         tracker = cls(client, run_id)
+        if tags:
+            tracker.set_tags(tags)
         run = client.get_run(run_id)
         if run.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
@@ -127,7 +133,7 @@ class MlflowTracker:
                     raise TrackingError(f"could not {what} after {self.retries + 1} attempts: {reason}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        return None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -181,8 +187,16 @@ class MlflowTracker:
             if d["step"] > self._skip.get(d["key"], -1):
                 self._buffer.append(Metric(d["key"], float(d["value"]), int(d["timestamp"]), int(d["step"])))
                 n += 1
+        replayed: dict[str, int] = {}
+        for m in self._buffer:
+            replayed[m.key] = max(replayed.get(m.key, -1), m.step)
         self.flush()
+        if self.offline:
+            return 0  # still unreachable: the file stays for the next resume
         path.unlink()
+        # A resume from an earlier checkpoint replays those steps again: they are stored now, so they are skipped.
+        for key, step in replayed.items():
+            self._skip[key] = max(self._skip.get(key, -1), step)
         return n
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -225,13 +239,8 @@ class MlflowTracker:
         self._retry("upload an artifact", self.client.log_dict, self.run_id, data, artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """A matplotlib figure saved as an artifact straight from memory; the figure is closed afterwards."""
-        try:
-            self._retry("upload an artifact", self.client.log_figure, self.run_id, figure, artifact_file)
-        finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+        """A matplotlib figure saved as an artifact straight from memory."""
+        self._retry("upload an artifact", self.client.log_figure, self.run_id, figure, artifact_file)
 
     def download(self, artifact_path: str, dst: Path) -> Path:
         if self.local_artifacts is not None:

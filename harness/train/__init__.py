@@ -8,7 +8,7 @@ from harness._lazy import lazy_exports
 
 _EXPORTS = {
     "Callback": "events", "CheckpointSaved": "events", "EpochEnd": "events", "EvalEnd": "events", "Event": "events",
-    "StepEnd": "events", "StopReason": "events", "StopTraining": "events", "TrainResult": "events",
+    "StepEnd": "events", "StopReason": "events", "StopTraining": "events", "Stopping": "events", "TrainResult": "events",
     "Trainer": "loop", "cross_entropy": "loop", "lr_lambda": "optim", "make_optimizer": "optim",
     "resolve_device": "runtime", "seed_everything": "runtime",
 }

@@ -15,7 +15,8 @@ import torch
 from harness.testing import faults
 from harness.errors import HarnessError
 
-__all__ = ["CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "resume_candidates", "save_checkpoint"]
+__all__ = ["BEST", "LAST", "PREVIOUS", "CheckpointError", "capture_rng", "load_checkpoint", "periodic_name", "prune_periodic", "restore_rng",
+           "resume_candidates", "save_checkpoint"]
 
 LAST = "last.pt"
 PREVIOUS = "prev.pt"

@@ -66,7 +66,7 @@ class EvalEnd(Event):
     """An evaluation after ``step`` updates."""
 
     epoch: int
-    metrics: dict[str, float]  # "val/loss", "train/loss_eval"
+    metrics: dict[str, float]  # "val/loss", "train/loss_eval", and "val/accuracy" for a classifier
     improved: bool
     best: float | None
 

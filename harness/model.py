@@ -1,40 +1,161 @@
 """A small GPT in the nanoGPT mould: token + position embeddings, pre-LN blocks, causal attention, MLP.
 
 Shapes use B = batch, T = sequence length, C = d_model, H = heads, V = vocabulary.
+
+Dropout on CPU does not use ``F.dropout``. That function draws 64 random bits per element through one locked
+mt19937 call per element. In the chapter's model (d_model 64, 4 layers, batch 32 x 64) that made dropout about 40 % of
+a training step, most of it in the (B, H, T, T) attention probabilities. :class:`MaskStream` draws each mask from bulk
+random bytes with the exact drop probability (see :meth:`MaskStream.scaled_keep`). Each model owns one stream, and its
+state goes into every checkpoint, so a resumed run draws the same masks as an uninterrupted one. On other devices
+torch's own dropout (fused there) is used.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.spec.schema import ModelSpec
 
-__all__ = ["GPT"]
+__all__ = ["GPT", "MaskStream"]
+
+_MASK_56 = (1 << 56) - 1
+
+
+class MaskStream:
+    """The random stream behind every dropout mask of one model: a NumPy PCG64 generator, separate from torch's.
+
+    A mask element is dropped when a uniform 64-bit integer ``r`` is below ``T = floor(p * 2**64)``, so the drop
+    probability is ``T / 2**64``: exactly ``p`` for every double ``p >= 2**-11``, and within ``2**-64`` below that.
+    Only the top byte of ``r`` is drawn for every element; it decides alone unless it equals the top byte of ``T``
+    (probability 1/256), and only those elements draw the remaining 56 bits. That is 8.2 random bits per element on
+    average, against torch's 64, and every pass over the mask runs on bytes or vectorised floats.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.rng.bit_generator.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
+    def drop_threshold(self, p: float) -> int:
+        """``floor(p * 2**64)``: a draw below it is dropped. ``p * 2**64`` is exact in floating point (a power of two)."""
+        return min(int(p * 2.0**64), 2**64 - 1)
+
+    def scaled_keep(self, shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A CPU tensor of ``shape`` holding 0 where an element is dropped and ``1 / (1 - p)`` where it is kept."""
+        n = math.prod(shape)
+        t = self.drop_threshold(p)
+        t_hi, t_lo = t >> 56, t & _MASK_56
+        # n random bytes: whole 64-bit words from the generator, viewed as bytes (one draw per 8 elements)
+        top = self.rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n]
+        # byte > t_hi: kept (1); byte <= t_hi: dropped for now (0). Float passes are vectorised, byte compares are not.
+        keep = torch.from_numpy(top).to(torch.float32).sub_(t_hi).clamp_(0.0, 1.0)
+        ties = np.flatnonzero(top == t_hi)  # the top byte equals T's: the low 56 bits decide
+        if ties.size:
+            low = self.rng.bit_generator.random_raw(ties.size) & np.uint64(_MASK_56)
+            kept_ties = ties[low >= np.uint64(t_lo)]
+            keep[torch.from_numpy(kept_ties)] = 1.0
+        return keep.mul_(1.0 / (1.0 - p)).view(shape).to(dtype)
+
+
+class Dropout(nn.Module):
+    """Dropout with the model's :class:`MaskStream` on CPU (torch's elsewhere). Identity in eval mode or at p = 0."""
+
+    def __init__(self, p: float, stream: MaskStream):
+        super().__init__()
+        self.p = p
+        self.stream = stream
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * self.stream.scaled_keep(x.shape, self.p, x.dtype)
+
+    def residual(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``x + dropout(h)``, in one op on CPU: x + h * mask."""
+        if not self.active or h.device.type != "cpu":
+            return x + self(h)
+        return torch.addcmul(x, h, self.stream.scaled_keep(h.shape, self.p, h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelSpec):
+    def __init__(self, cfg: ModelSpec, stream: MaskStream):
         super().__init__()
         self.n_heads = cfg.n_heads
         # One projection for q, k and v: a single matmul is faster than three small ones.
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = Dropout(cfg.dropout, stream)
+        self.resid_drop = Dropout(cfg.dropout, stream)
+        self._causal_bias: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), before the residual dropout (the block applies it with the residual add)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        # (B, T, C) -> (B, H, T, C/H): heads attend independently
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        # is_causal masks the future inside the fused kernel; no mask tensor is materialised
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        H = self.n_heads
+        qkv = self.qkv(x).view(B, T, 3, H, C // H)  # heads attend independently
+        if self.attn_drop.active and x.device.type == "cpu":
+            y = self._attend_with_dropout(qkv)
+        else:
+            # the fused kernel takes strided (B, H, T, C/H) views as they are; is_causal masks the future inside it
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            y = self._sdpa(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
-        return self.resid_drop(self.proj(y))
+        return self.proj(y)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dropout_p = self.dropout if self.training else 0.0
+        if q.device.type != "cpu" or not (q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        # bf16 on the CPU: attention itself runs in fp32. torch's CPU flash-attention backward is about 5x slower in
+        # bf16 than in fp32 (10 vs 1.9 ms per step in a d_model-128, 4-layer model), which ate the whole gain of the
+        # bf16 matmuls; the casts cost a few microseconds.
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p, is_causal=True)
+        return y.to(q.dtype)
+
+    def _attend_with_dropout(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention with dropout on the probabilities, as SDPA's reference path computes it, but with a mask from the
+        model's stream. (B, T, 3, H, hs) -> (B, H, T, hs)."""
+        B, T, _, H, hs = qkv.shape
+        # Batched matmuls want contiguous operands: q and v as (B*H, T, hs), k already transposed as (B*H, hs, T).
+        q = qkv[:, :, 0].transpose(1, 2).reshape(B * H, T, hs)
+        k_t = qkv[:, :, 1].permute(0, 2, 3, 1).reshape(B * H, hs, T)
+        v = qkv[:, :, 2].transpose(1, 2).reshape(B * H, T, hs)
+        # scores = q k^T / sqrt(hs) + causal bias (0 on and below the diagonal, -inf above), one fused op: (B*H, T, T)
+        att = torch.baddbmm(self._bias(T, q.dtype, q.device), q, k_t, alpha=1.0 / math.sqrt(hs))
+        att = self.attn_drop(att.softmax(dim=-1))  # every row keeps its diagonal, so no row is all -inf
+        return torch.bmm(att, v).view(B, H, T, hs)
+
+    def _bias(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (T, dtype, device)
+        bias = self._causal_bias.get(key)
+        if bias is None:
+            bias = torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
+            self._causal_bias[key] = bias
+        return bias
 
 
 class MLP(nn.Module):
@@ -42,25 +163,25 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C)
+        return self.proj(F.gelu(self.fc(x)))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C); dropout comes with the residual add
 
 
 class Block(nn.Module):
     """Pre-LN: normalise before each sublayer and add to the residual stream, which keeps gradients well-scaled."""
 
-    def __init__(self, cfg: ModelSpec):
+    def __init__(self, cfg: ModelSpec, stream: MaskStream):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, stream)
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
+        self.mlp_drop = Dropout(cfg.dropout, stream)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = self.attn.resid_drop.residual(x, self.attn(self.ln1(x)))  # x + dropout(attn(ln1(x)))
+        return self.mlp_drop.residual(x, self.mlp(self.ln2(x)))  # x + dropout(mlp(ln2(x)))
 
 
 class GPT(nn.Module):
@@ -69,10 +190,11 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
+        self.masks = MaskStream()  # seeded once the weights are drawn (below), so they are what torch's seed alone gives
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(max_seq_len, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.drop = Dropout(cfg.dropout, self.masks)
+        self.blocks = nn.ModuleList(Block(cfg, self.masks) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_weights:
@@ -83,6 +205,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        # The dropout stream's seed is the next draw of torch's generator, so it follows the run's seed like the weights.
+        self.masks.seed(int(torch.randint(0, 2**63 - 1, (1,)).item()))
 
     @staticmethod
     def _init(module: nn.Module) -> None:

@@ -225,3 +225,25 @@ def test_grid_values_are_checked_up_front(work):
     raw = base_spec(work, sampler="tpe", n_trials=2, params={"train.optimizer.lr": {"float": [0.0, 1e-2], "log": True}})
     with pytest.raises(SpecError, match="log range needs low > 0"):
         spec_from_dict(raw)
+
+
+def test_a_sweep_that_breaks_ends_its_parent_run_failed_with_the_error(work, monkeypatch):
+    """Not a trial failing (that FAILs the trial), the sweep itself: here the study's storage starts refusing reads after
+    the first trial. The error reaches the caller, and the parent run is not left RUNNING."""
+    import harness.sweep.worker as worker
+
+    real, calls = worker.reap_stale, []
+
+    def storage_gone(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("the study's database went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "reap_stale", storage_gone)
+    with pytest.raises(OSError, match="went away"):
+        run_sweep(spec_from_dict(base_spec(work)))
+    [parent], children = split_runs(all_runs(work))
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["stop_reason"] == "failed" and "went away" in parent.data.tags["harness.message"]
+    assert [c.info.status for c in children] == ["FINISHED"], "the trial that finished before the error stays finished"

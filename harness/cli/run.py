@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -46,18 +47,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_err(f"error: {exc.render()}")
         return exc.exit_code
     if spec.is_sweep:
+        if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun
+            print_err("error: a sweep runs its trials as separate processes; start one experiment per torchrun")
+            return 2
         return _run_sweep(spec, args)
     from harness.cli.progress import Progress
     from harness.job import run
 
-    progress = None if args.quiet else Progress(label=spec.name)
+    progress = None if args.quiet or _follower() else Progress(label=spec.name)
     try:
         out = run(spec, progress=progress)
     finally:
         if progress:
             progress.close()
-    print_run_summary(out)
+    if not _follower():  # rank 0 speaks for a DDP run
+        print_run_summary(out)
     return _exit_code(out)
+
+
+def _follower() -> bool:
+    from harness.train.distributed import Distributed
+
+    return Distributed.is_follower()
 
 
 def _run_sweep(spec: Any, args: argparse.Namespace) -> int:
@@ -78,13 +89,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from harness.cli.progress import Progress
     from harness.job import resume
 
-    progress = None if args.quiet else Progress(label=f"resume {args.run_id[:8]}")
+    quiet = args.quiet or _follower()
+    progress = None if quiet else Progress(label=f"resume {args.run_id[:8]}")
     try:
-        out = resume(args.run_id, progress=progress, notify=lambda line: print(line, flush=True))
+        out = resume(args.run_id, progress=progress, notify=None if _follower() else lambda line: print(line, flush=True))
     finally:
         if progress:
             progress.close()
-    print_run_summary(out)
+    if not _follower():
+        print_run_summary(out)
     return _exit_code(out)
 
 

@@ -11,11 +11,13 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.data.checks import validate_data
 from harness.errors import UsageError
 from harness.job.build import Built, build
+from harness.job.ddp import Announcer, follow
+from harness.job.finetune import Lineage, resolve_init
 from harness.job.finish import finish
 from harness.job.outcome import RunOutcome
 from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict, spec_to_yaml
@@ -24,6 +26,9 @@ from harness.tracking import MlflowTracker, check_store, client_for, tracking_ur
 from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live, run_is_set_up
 from harness.tracking.lookup import resolve_run_id
 from harness.train.events import StopReason
+
+if TYPE_CHECKING:
+    from harness.train.distributed import Distributed
 
 __all__ = ["load_run_spec", "resume", "run"]
 
@@ -47,16 +52,48 @@ def run(
     up (its process died first, see :func:`~harness.tracking.liveness.run_is_set_up`) instead of creating another."""
     if spec.is_sweep:
         raise UsageError("this spec has a sweep section; run it with harness.sweep.run_sweep (or `harness run`)")
+    dist = _join_group(spec.train.device)
+    if dist is not None and not dist.is_main:
+        return follow(dist)
+    announce = Announcer(dist)
+    try:
+        return _run(spec, announce, uri=uri, parent_run_id=parent_run_id, tags=tags, callbacks=callbacks, on_start=on_start,
+                    progress=progress, run_id=run_id)
+    except BaseException as exc:
+        announce.fail(exc)
+        raise
+    finally:
+        if dist is not None:
+            dist.stop()
+
+
+def _join_group(device: str) -> Distributed | None:
+    """Under torchrun: this process's rank, in the process group (joined here, by every rank); else None."""
+    from harness.train import resolve_device
+    from harness.train.distributed import Distributed
+
+    dist = Distributed.from_env()
+    if dist is not None:
+        dist.start(resolve_device(device))
+    return dist
+
+
+def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str | None, tags: dict[str, str] | None,
+         callbacks: list[Callable[[Any], None]] | None, on_start: Callable[[str], None] | None, progress: Any,
+         run_id: str | None) -> RunOutcome:
     from harness.train import resolve_device
 
     uri = tracking_uri(uri)
     check_store(uri)
+    # finetuning: the source run is found and checked, its shape and tokenizer adopted, before anything is created
+    spec, lineage = resolve_init(spec, uri=uri)
     validate_data(spec)
     resolve_device(spec.train.device)
     client = client_for(uri)
     reap_stale_runs(client)
     # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.
-    run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags()}
+    run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags(),
+                **(lineage.tags() if lineage else {})}
     if run_id is not None:
         tracker = MlflowTracker.attach(client, run_id, tags=run_tags)
     else:
@@ -66,7 +103,8 @@ def run(
         if on_start is not None:
             on_start(tracker.run_id)
         faults.point("run_setup")
-        built = _set_up(spec, tracker, list(callbacks or []), progress)
+        announce.send(spec, run_id=tracker.run_id, tokenizer=lineage.source.tokenizer if lineage else None)
+        built = _set_up(spec, tracker, list(callbacks or []), progress, lineage, dist=announce.dist)
     except KeyboardInterrupt:
         _abandon_setup(tracker, created=run_id is None)
         raise
@@ -76,17 +114,22 @@ def run(
     return _train(spec, tracker, built, resumed_from=None)
 
 
-def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any) -> Built:
-    """Build the trainer and record what the run is: runtime tags, params, the resolved spec and the tokenizer.
+def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any,
+            lineage: Lineage | None = None, *, dist: Distributed | None = None) -> Built:
+    """Build the trainer and record what the run is: runtime tags, params, the resolved spec, the tokenizer (and a
+    classifier's labels).
 
     spec.yaml goes last: a run that has it is set up and can be resumed."""
     if progress is not None and hasattr(progress, "bind"):
         progress.bind(tracker.run_id)
-    built = build(spec, tracker, callbacks, progress=progress)
+    built = build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None,
+                  tokenizer=lineage.source.tokenizer if lineage else None, dist=dist)
     tracker.set_tags(_runtime_tags(built.device))
     params = {k: v for k, v in flatten(spec_to_dict(spec)).items() if not k.startswith("sweep")}
-    tracker.log_params({**params, **{f"derived.{k}": v for k, v in built.facts.items()}})
-    tracker.log_text(json.dumps(built.prep.tokenizer.to_dict(), ensure_ascii=False), "tokenizer.json")
+    tracker.log_params({**params, **{f"derived.{k}": v for k, v in built.facts.items()}, **(lineage.params() if lineage else {})})
+    tracker.log_text(json.dumps(built.tokenizer.to_dict(), ensure_ascii=False), "tokenizer.json")
+    if built.task is not None and built.task.labels:
+        tracker.log_text(json.dumps(built.task.labels, ensure_ascii=False), "labels.json")  # label id -> label
     tracker.log_text(spec_to_yaml(spec), "spec.yaml")
     return built
 
@@ -174,6 +217,23 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
 
     ``notify`` hears, before training starts, what the user should know: the checkpoint it resumes from, fallbacks
     past damaged checkpoints, metrics replayed from an outage. The same lines are in the outcome's ``notes``."""
+    dist = _join_group("auto")  # before the run's spec is read: the group's backend follows the machine (nccl with CUDA)
+    if dist is not None and not dist.is_main:
+        return follow(dist)
+    announce = Announcer(dist)
+    try:
+        return _resume(run_id, announce, uri=uri, callbacks=callbacks, progress=progress, allow_finished=allow_finished,
+                       assume_dead=assume_dead, notify=notify)
+    except BaseException as exc:
+        announce.fail(exc)
+        raise
+    finally:
+        if dist is not None:
+            dist.stop()
+
+
+def _resume(run_id: str, announce: Announcer, *, uri: str | None, callbacks: list[Callable[[Any], None]] | None, progress: Any,
+            allow_finished: bool, assume_dead: bool, notify: Notify | None) -> RunOutcome:
     uri = tracking_uri(uri)
     check_store(uri)
     client = client_for(uri)
@@ -181,6 +241,7 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
     stored = _resumable_run(client, run_id, uri, allow_finished=allow_finished, assume_dead=assume_dead)
     with tempfile.TemporaryDirectory(prefix="harness-resume-") as tmp:
         spec = load_run_spec(MlflowTracker(client, run_id), Path(tmp))
+        saved = _saved_data(spec, MlflowTracker(client, run_id), Path(tmp))
     tracker = MlflowTracker.attach(client, run_id, tags=owner_tags())
     notes: list[str] = []
 
@@ -190,7 +251,8 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
             notify(line)
 
     try:
-        built, loaded = _restore(spec, tracker, list(callbacks or []), progress, say)
+        announce.send(spec, run_id=run_id, tokenizer=saved.get("tokenizer"), labels=saved.get("labels"), resuming=True)
+        built, loaded = _restore(spec, tracker, list(callbacks or []), progress, say, saved, dist=announce.dist)
         tracker.set_tags({**_runtime_tags(built.device), "harness.resumes": str(int(stored.data.tags.get("harness.resumes", "0")) + 1)})
     except BaseException as exc:
         _end_failed(tracker, f"resume failed: {type(exc).__name__}: {exc}")
@@ -215,14 +277,28 @@ def _resumable_run(client: Any, run_id: str, uri: str, *, allow_finished: bool, 
     return stored
 
 
-def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any, say: Notify) -> tuple[Built, Path | None]:
+def _saved_data(spec: Spec, tracker: MlflowTracker, tmp: Path) -> dict[str, Any]:
+    """What a finetuned run rebuilds its data from on resume: its own copy of the source's tokenizer, and a
+    classifier's label map (build's keyword arguments). A run trained from scratch rebuilds both from its data."""
+    from harness.data.tokenizers import tokenizer_from_dict
+
+    saved: dict[str, Any] = {}
+    if spec.init is not None:
+        saved["tokenizer"] = tokenizer_from_dict(json.loads(Path(tracker.download("tokenizer.json", tmp)).read_text(encoding="utf-8")))
+    if spec.task.kind == "classify":
+        saved["labels"] = json.loads(Path(tracker.download("labels.json", tmp)).read_text(encoding="utf-8"))
+    return saved
+
+
+def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any, say: Notify,
+             saved: dict[str, Any], *, dist: Distributed | None = None) -> tuple[Built, Path | None]:
     """A trainer holding the newest readable checkpoint (fetched from the artifact store when it is not on this
     machine), with metrics that an outage left unwritten logged first. Without any usable checkpoint: a fresh
     trainer, and the run starts over in place (steps already logged are not logged again)."""
     from harness.train import seed_everything
-    from harness.train.checkpoint import CheckpointError, resume_candidates
+    from harness.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates
 
-    built = build(spec, tracker, callbacks, progress=progress)
+    built = build(spec, tracker, callbacks, progress=progress, dist=dist, **saved)
     if progress is not None and hasattr(progress, "bind"):
         progress.bind(tracker.run_id)
     ckpt_dir = built.trainer.checkpoint_dir
@@ -230,7 +306,9 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
     if tracker.local_artifacts is None and not resume_candidates(ckpt_dir):
         # A remote store and no local staging copy (another machine, or a cleaned temp dir): fetch the upload.
         try:
-            tracker.download("checkpoints/last.pt", ckpt_dir.parent)  # MLflow keeps the artifact's folder: .../checkpoints/last.pt
+            got = Path(tracker.download("checkpoints/last.pt", ckpt_dir))
+            if got.is_file() and got != ckpt_dir / "last.pt":  # where MLflow puts a downloaded file differs by version
+                got.replace(ckpt_dir / "last.pt")
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             problems.append(f"no checkpoint in {ckpt_dir} and none could be fetched from the tracking server ({detail})")
@@ -242,11 +320,16 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
     loaded: Path | None = None
     for candidate in resume_candidates(ckpt_dir):
         try:
-            built.trainer.load(candidate)
+            if dist is not None:
+                load_checkpoint(candidate)  # readable? (the followers wait for the state of one that is)
+            else:
+                built.trainer.load(candidate)
             loaded = candidate
             break
         except CheckpointError as exc:
             problems.append(str(exc))
+    if dist is not None and dist.broadcast(loaded is not None):
+        built.trainer.load(loaded)  # sends its state to the followers
     if problems:
         tracker.set_tags({"harness.resume_warnings": " | ".join(problems)[:5000]})
         for p in problems:
@@ -254,9 +337,17 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
     if loaded is None:
         say(f"warning: no usable checkpoint in {ckpt_dir}; starting over from step 0 in the same run"
             " (steps already logged are not logged again)")
-        seed_everything(spec.seed)
-        built = build(spec, tracker, callbacks, progress=progress)
+        if dist is None:  # (under DDP the trainer just built is still untouched, on every rank)
+            seed_everything(spec.seed)
+            built = _rebuild_from_scratch(spec, tracker, callbacks, progress, saved)
     else:
         say(f"resuming from {loaded} (step {built.trainer.step})")
     tracker.set_tags({"harness.resumed_from_step": str(built.trainer.step)})
     return built, loaded
+
+
+def _rebuild_from_scratch(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any,
+                          saved: dict[str, Any]) -> Built:
+    """No usable checkpoint: the run starts over, from what it started from (a finetuned run: its source's weights)."""
+    lineage = resolve_init(spec, uri=tracker.client.tracking_uri)[1] if spec.init is not None else None
+    return build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None, **saved)

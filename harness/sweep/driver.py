@@ -5,6 +5,7 @@ It only makes specs and calls the job; it never touches the model. Reads top-dow
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 from harness.errors import UsageError
 from harness.spec import Spec, spec_to_dict
-from harness.sweep.report import SweepResult, finalize
+from harness.sweep.report import SweepResult, fail_parent, finalize
 from harness.sweep.storage import storage_url
 from harness.sweep.study import open_study, total_trials
 from harness.sweep.trial import TrialSettings
@@ -61,8 +62,9 @@ def run_sweep(
     if spec.sweep is None:
         raise UsageError("this spec has no sweep section; run it as a single experiment (harness.job.run)")
     sw = spec.sweep
-    n_workers = workers or sw.workers
-    if n_workers < 1:
+    # --workers, else the spec's sweep.workers when it sets one, else chosen from the trials' size (auto_workers)
+    asked = workers or (sw.workers if "workers" in sw.model_fields_set else None)
+    if asked is not None and asked < 1:
         raise UsageError("--workers must be at least 1")
     total = total_trials(spec, n_trials, file=spec_file)
     uri = tracking_uri(uri)
@@ -73,6 +75,7 @@ def run_sweep(
     url = storage_url(storage or sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
     reap_stale_runs(client_for(uri))
     opened = open_study(spec, name=name, url=url, fresh=fresh, uri=uri, total=total)
+    n_workers = asked or auto_workers(spec, _trials_left(opened.study, total))
     if on_start is not None:
         on_start(SweepStart(study_name=name, storage=url, parent_run_id=opened.parent_run_id, experiment=spec.experiment,
                             total=total, sampler=sw.sampler, workers=n_workers))
@@ -85,7 +88,11 @@ def run_sweep(
                              threads=_threads_per_worker(n_workers), progress=progress),
     )
     try:
-        signum = _run(plan, n_workers)
+        try:
+            signum = _run(plan, n_workers)
+        except Exception as exc:  # the sweep broke (a worker's error, the study's storage): its parent run says so
+            fail_parent(opened, uri=uri, error=exc)
+            raise
         result = finalize(spec, opened, uri=uri, interrupted=signum is not None)
     finally:
         engine = getattr(opened.storage, "engine", None)  # an RDB storage's connections: closed, not left to the GC
@@ -95,9 +102,85 @@ def run_sweep(
     return result
 
 
+# auto_workers' thresholds. Measured on the 2-core development machine (torch 2.13 CPU): two 1-thread processes
+# trained 1.13x (the chapter's d_model-64 model, 0.8 GFLOP forward per step) and 1.11x (nanoGPT's CPU example,
+# d_model 128, 1.2 GFLOP) the tokens/s of one 2-thread process: small ops do not split well over threads, and each
+# process's serial parts (Python, the dropout masks, the optimizer's per-tensor loop) then run side by side. Bigger
+# matmuls split well, so the gain fades with size; past SMALL_STEP_FLOPS one process keeps the machine.
+# A worker process also costs about 5 s (spawn, imports, exit) that the in-process worker does not pay, and the gain
+# is only ~12 % of the training time: on the quick start (3 trials of ~21 s) 3 workers took 71-74 s and 1 worker 70-77 s
+# in the same runs. So workers only for trials long enough to repay that.
+SMALL_STEP_FLOPS = 8e9  # forward FLOPs per optimizer step (2 x parameters x tokens)
+MIN_TRIAL_S = 60.0  # estimated training time of one trial; shorter trials run one after another in this process
+_CPU_FLOPS = 50e9  # training FLOP/s assumed for that estimate (the two models above reach 60-100 GFLOP/s here)
+
+
+def auto_workers(spec: Spec, total: int, *, cpus: int | None = None) -> int:
+    """Worker processes for a sweep that does not say: one per CPU (or one per trial, up to two per CPU, when that
+    leaves no CPU idle in the last round) when the trials are small and long enough that N one-thread processes beat
+    one N-thread process (see SMALL_STEP_FLOPS); otherwise 1, which trains in this process with every CPU."""
+    cpus = cpus or _cpus()
+    if total < 2 or cpus < 2 or spec.train.threads or spec.train.device not in ("auto", "cpu") or _has_accelerator(spec):
+        return 1
+    try:
+        from harness.data.prepare import prepare
+        from harness.spec import estimate_parameters
+
+        prep = prepare(spec.data)  # cached: validate_data has just prepared it
+        params = estimate_parameters(spec.model, vocab_size=prep.tokenizer.vocab_size, seq_len=spec.data.seq_len)
+        steps_per_epoch = max(prep.train_examples // spec.train.batch_size, 1)
+    except Exception:  # a task spec, or anything this estimate cannot read: keep one worker
+        return 1
+    tokens = spec.train.batch_size * spec.data.seq_len
+    step_flops = 2.0 * params * tokens
+    steps = spec.train.max_steps or (spec.train.epochs or 1) * steps_per_epoch
+    if step_flops > SMALL_STEP_FLOPS or 3 * step_flops * steps / _CPU_FLOPS < MIN_TRIAL_S:
+        return 1
+    return workers_for(total, cpus)
+
+
+def workers_for(total: int, cpus: int) -> int:
+    """The worker count in [cpus, min(total, 2 * cpus)] that finishes ``total`` equal one-thread trials soonest:
+    rounds of trials, each round slowed by cpus / workers when the workers outnumber the CPUs (ties: fewer workers).
+    3 trials on 2 CPUs: 3 workers (one round at 2/3 speed, 1.5) beat 2 (two rounds, the second leaving a CPU idle, 2)."""
+    if total <= cpus:
+        return total
+    best, best_time = cpus, math.inf
+    for w in range(cpus, min(total, 2 * cpus) + 1):
+        t = math.ceil(total / w) / min(1.0, cpus / w)
+        if t < best_time - 1e-9:
+            best, best_time = w, t
+    return best
+
+
+def _trials_left(study: Any, total: int) -> int:
+    """Trials still to run when the sweep (re)starts: a resumed study has finished some already."""
+    from optuna.trial import TrialState
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return max(total - done, 0)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _has_accelerator(spec: Spec) -> bool:
+    if spec.train.device == "cpu":
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
 def _threads_per_worker(n_workers: int) -> int | None:
-    """Workers share the machine's cores: each gets its share (None: torch's default, for one worker)."""
-    return max(1, (os.cpu_count() or 1) // n_workers) if n_workers > 1 else None
+    """Workers share the machine's cores: each gets its share, at least one, pinned for the whole trial so its numbers
+    do not depend on timing (None: one worker, whose trials' threads follow the CPUs free, see ThreadGovernor)."""
+    return max(1, _cpus() // n_workers) if n_workers > 1 else None
 
 
 def _run(plan: WorkerPlan, n_workers: int) -> int | None:

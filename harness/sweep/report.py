@@ -4,6 +4,8 @@ parent run's final table, plots and metrics."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +14,9 @@ from harness.sweep.storage import retried_numbers
 from harness.sweep.study import OpenStudy
 from harness.sweep.storage import study_lock
 from harness.tracking import MlflowTracker, client_for
+from harness.tracking.liveness import pid_alive
 
-__all__ = ["SweepResult", "finalize", "trials_table", "verdict"]
+__all__ = ["SweepResult", "fail_parent", "finalize", "trials_table", "verdict"]
 
 
 @dataclass
@@ -144,6 +147,32 @@ def finalize(spec: Spec, opened: OpenStudy, *, uri: str, interrupted: bool) -> S
     return SweepResult(study_name=opened.name, storage=opened.url, parent_run_id=opened.parent_run_id, experiment=spec.experiment,
                        table=table, best=best, interrupted=interrupted, counts=counts, objective=sw.objective.metric,
                        tracking_uri=uri, artifacts=artifacts, still_running=running_elsewhere)
+
+
+def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
+    """The sweep itself broke (not a trial: those FAIL on their own): end the parent run FAILED with the error, unless
+    a worker elsewhere still runs a trial of the study (it closes the parent when it ends). Returns whether it did.
+    Never raises: the original error is what the user must see."""
+    from optuna.trial import TrialState
+
+    def still_running(t: Any) -> bool:  # by a worker other than this process, and not one that died on this host
+        if t.state != TrialState.RUNNING:
+            return False
+        pid, host = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        if host != socket.gethostname() or pid is None:
+            return True
+        return int(pid) != os.getpid() and pid_alive(int(pid))
+
+    try:
+        with study_lock(opened.url, opened.name):
+            if any(still_running(t) for t in opened.study.get_trials(deepcopy=False)):
+                return False
+            tracker = MlflowTracker(client_for(uri), opened.parent_run_id)
+            tracker.set_tags({"stop_reason": "failed", "harness.message": f"{type(error).__name__}: {error}"[:5000]})
+            tracker.end("FAILED")
+        return True
+    except Exception:
+        return False
 
 
 def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any] | None, counts: dict[str, int], *, uri: str,

@@ -10,6 +10,7 @@ Backends: gloo on CPU, nccl on CUDA. ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_R
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ class Distributed:
             return None
         return cls(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
+    @staticmethod
+    def is_follower() -> bool:
+        """Whether this process is a torchrun rank other than 0 (it trains, but prints and tracks nothing)."""
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -54,6 +60,12 @@ class Distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # A DDP wrapper still alive (in a reference cycle) when the group is gone aborts the process when it is
+            # collected at exit: collect it first.
+            gc.collect()
+            # Every rank leaves together: a rank that tears its group down while another still holds work in it
+            # aborts ("terminate called without an active exception") when the process exits.
+            dist.barrier()
             dist.destroy_process_group()
 
     def per_rank_batch(self, batch_size: int) -> int:

@@ -3,7 +3,7 @@
 Step convention: ``step`` counts optimizer updates. ``train/loss`` at step s is the loss of the s-th batch under the
 weights after s updates, so step 0 is the untrained model; an evaluation after s updates is logged at step s.
 
-A run reads top-down in :meth:`Trainer.fit`: evaluate the untrained model, then repeat (take a batch, forward,
+A run reads top-down in :meth:`Trainer._fit` (what ``fit`` runs): evaluate the untrained model, then repeat (take a batch, forward,
 backward, clip, update; bookkeeping; epoch end, evaluation, periodic checkpoint) until the steps run out, a stop is
 asked for, or patience runs out; then a final evaluation, and the best weights are restored if early stopping asks.
 """
@@ -32,11 +32,12 @@ from harness.train.events import (
     Event,
     StepEnd,
     StopReason,
+    Stopping,
     StopTraining,
     TrainResult,
 )
 from harness.train.optim import make_optimizer, make_scheduler
-from harness.train.runtime import StopSignals
+from harness.train.runtime import StopSignals, ThreadGovernor, resolve_precision
 
 __all__ = ["Trainer", "cross_entropy"]
 
@@ -72,8 +73,16 @@ class Trainer:
         device: torch.device,
         callbacks: list[Callback] | None = None,
         meta: dict[str, Any] | None = None,
+        governor: ThreadGovernor | None = None,
+        classify: bool = False,
+        step_cap: int | None = None,
+        dist: Any = None,
     ):
         self.model = model.to(device)
+        self.dist = dist  # harness.train.distributed.Distributed under torchrun, else None
+        # what forward and backward run through: the DDP wrapper (it all-reduces the gradients) or the model itself
+        self.net = dist.wrap(self.model, device) if dist is not None else self.model
+        self.classify = classify  # evaluation also measures val/accuracy: argmax at the graded positions
         self.spec = spec
         self.batches = batches
         self.eval_sets = eval_sets
@@ -84,6 +93,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, spec)
         self.steps_per_epoch = batches.steps_per_epoch
         self.total_steps = spec.max_steps if spec.max_steps is not None else spec.epochs * self.steps_per_epoch  # type: ignore[operator]
+        if step_cap is not None:  # a smoke run (HARNESS_MAX_STEPS): the same run, cut short, its schedule fitted to the cut
+            self.total_steps = max(1, min(self.total_steps, step_cap))
         self.scheduler = make_scheduler(self.optimizer, spec, self.total_steps)
         # Progress, saved in every checkpoint (see state_dict).
         self.step = 0
@@ -102,7 +113,12 @@ class Trainer:
         self._params: list[torch.nn.Parameter] = []
         self.eval_every_steps, self.eval_every_epochs = self._eval_cadence()
         self.watch = spec.early_stopping.metric if spec.early_stopping else ("val/loss" if eval_sets.get("val") else "train/loss_eval")
-        self.autocast = spec.precision == "bf16"
+        self.higher_is_better = self.watch == "val/accuracy"  # losses: lower is better
+        # bf16: forward and loss under autocast (weights, gradients and optimizer state stay fp32); auto: bf16 where
+        # the hardware has native bf16 matmuls, else fp32
+        self.precision = resolve_precision(getattr(spec, "precision", "fp32"), device)
+        self.autocast = self.precision == "bf16"
+        self.governor = governor  # adapts torch's threads to the CPUs other processes leave free (None: leave them)
 
     def _eval_cadence(self) -> tuple[int | None, int | None]:
         """(every N steps, every N epochs): as the spec says; else once per epoch, or 10 times in a step-limited run."""
@@ -123,6 +139,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.batches.state_dict(),
             "rng": capture_rng(),
+            "dropout_rng": self._mask_stream().state_dict() if self._mask_stream() is not None else None,
             "trainer": {
                 "step": self.step,
                 "epoch": self.epoch,
@@ -152,13 +169,30 @@ class Trainer:
         self.last_eval_at = t.get("last_eval_at")
         self.elapsed_before = float(t.get("elapsed", 0.0))
         restore_rng(state["rng"])
+        stream = self._mask_stream()
+        if stream is not None and state.get("dropout_rng") is not None:  # absent in checkpoints made before the stream
+            stream.load_state_dict(state["dropout_rng"])
 
-    def load(self, path: Path) -> None:
-        self.load_state_dict(load_checkpoint(path))
-        self.resumed_from = Path(path)
+    def load(self, path: Path | None) -> None:
+        """Continue from a checkpoint. Under DDP rank 0 reads it (only rank 0 writes checkpoints) and the other ranks
+        receive its state (their ``path`` may be None)."""
+        self.load_state_dict(self._read(path))
+        self.resumed_from = Path(path) if path is not None else None
+
+    def _read(self, path: Path | None) -> dict[str, Any]:
+        if self.dist is None:
+            return load_checkpoint(path)  # type: ignore[arg-type]
+        return self.dist.broadcast(load_checkpoint(path) if self.dist.is_main else None)  # type: ignore[arg-type]
 
     # -- the run -----------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            if self.governor is not None:
+                self.governor.restore()  # the process's next run starts from the machine's thread count again
+
+    def _fit(self) -> TrainResult:
         self._t0 = time.perf_counter()
         self.model.train()
         self._params = [p for p in self.model.parameters() if p.requires_grad]
@@ -168,9 +202,12 @@ class Trainer:
                 if self.step == 0 and self.resumed_from is None:
                     out.reason = self._evaluate_and_track()  # step 0: the untrained model, to compare with ln(vocab)
                 while out.reason is None and self.step < self.total_steps:
-                    if signals.received is not None:
+                    if self._stop_asked(signals):
                         out.reason, out.signal = StopReason.INTERRUPTED, signals.received
+                        self._emit(Stopping(step=self.step, reason=StopReason.INTERRUPTED,
+                                            doing="saving a checkpoint, then writing the buffered metrics"))
                         break
+                    self._tick()
                     self._train_step(out)
                 if out.reason is None:
                     out.reason = StopReason.COMPLETED
@@ -203,11 +240,14 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         lr = self.optimizer.param_groups[0]["lr"]
 
+        if self.dist is not None:  # every rank drew the same global batch; each trains on its own slice of it
+            x, y = self.dist.shard(x, y)
+
         # forward and backward
         with self._autocast():
-            logits = self.model(x)
+            logits = self.net(x)
         loss = cross_entropy(logits, y)
-        loss_value = loss.item()
+        loss_value = loss.item() if self.dist is None else self.dist.mean(loss.item(), self.device)  # the global batch's loss
         if not math.isfinite(loss_value):
             self._diverged(out, lr, loss_value, float("nan"), f"loss became {loss_value} at step {self.step}")
             return
@@ -261,16 +301,21 @@ class Trainer:
     def _restore_best(self, out: _Outcome) -> None:
         """Early stopping with restore_best: load the best weights; the final metrics then describe those weights."""
         es = self.spec.early_stopping
-        if es is None or not es.restore_best or not (self.checkpoint_dir / BEST).is_file():
+        if es is None or not es.restore_best or self.best_step is None:
             return
-        self.model.load_state_dict(load_checkpoint(self.checkpoint_dir / BEST)["model"])
+        have = (self.checkpoint_dir / BEST).is_file()  # not when resumed on a machine that fetched only last.pt
+        if not (have if self.dist is None else self.dist.broadcast(have)):
+            return
+        self.model.load_state_dict(self._read(self.checkpoint_dir / BEST)["model"])
         self.last_eval = self.evaluate()
         out.message = f"restored the best weights from step {self.best_step}"
 
     # -- evaluation --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the fixed evaluation batches of each split, in eval mode (no dropout)."""
+        """Mean loss over the fixed evaluation batches of each split, in eval mode (no dropout); for a classifier also
+        val/accuracy, the share of graded positions whose most likely class is the label. Under DDP every rank
+        evaluates the same batches with the same weights, so every rank takes the same early-stopping decision."""
         was_training = self.model.training
         self.model.eval()
         out: dict[str, float] = {}
@@ -278,16 +323,22 @@ class Trainer:
             for split, batches in self.eval_sets.items():
                 if not batches:
                     continue
-                total, count = 0.0, 0
+                total, count, correct = 0.0, 0, 0
                 for x, y in batches:
+                    self._tick()
                     x, y = x.to(self.device), y.to(self.device)
                     with self._autocast():
                         logits = self.model(x)
-                    n = int((y != -100).sum())
+                    graded = y != -100
+                    n = int(graded.sum())
                     total += cross_entropy(logits, y).item() * n
                     count += n
+                    if self.classify and split == "val":
+                        correct += int((logits.argmax(dim=-1)[graded] == y[graded]).sum())
                     faults.point("eval")
                 out["val/loss" if split == "val" else "train/loss_eval"] = total / max(count, 1)
+                if self.classify and split == "val":
+                    out["val/accuracy"] = correct / max(count, 1)
         finally:
             self.model.train(was_training)
         return out
@@ -295,12 +346,14 @@ class Trainer:
     def _evaluate_and_track(self) -> StopReason | None:
         """Evaluate, track the best value, save best/last checkpoints; EARLY_STOPPED when patience runs out."""
         metrics = self.evaluate()
+        if self.dist is not None:  # DDP keeps the replicas identical; this shows it (0.0), or shows that it did not
+            metrics["ddp/param_divergence"] = self.dist.divergence(self.model, self.device)
         self.last_eval, self.last_eval_at = metrics, self.step
         value = metrics.get(self.watch)
         improved = False
         es = self.spec.early_stopping
         if value is not None and math.isfinite(value):
-            if self.best is None or value < self.best - (es.min_delta if es else 0.0):
+            if self._improves(value, es.min_delta if es else 0.0):
                 self.best, self.best_step, self.bad_evals, improved = value, self.step, 0, True
             else:
                 self.bad_evals += 1
@@ -311,6 +364,17 @@ class Trainer:
         if es and self.bad_evals >= es.patience:
             return StopReason.EARLY_STOPPED
         return None
+
+    def _improves(self, value: float, min_delta: float) -> bool:
+        """Whether ``value`` beats the best so far by more than ``min_delta``, in the watched metric's direction."""
+        if self.best is None:
+            return True
+        return value > self.best + min_delta if self.higher_is_better else value < self.best - min_delta
+
+    def _stop_asked(self, signals: StopSignals) -> bool:
+        """Ctrl-C or SIGTERM seen; under DDP, seen by any rank (all ranks stop after the same step)."""
+        asked = signals.received is not None
+        return asked if self.dist is None else self.dist.any(asked, self.device)
 
     def _eval_due(self, epoch_end: bool) -> bool:
         if self.eval_every_steps is not None:
@@ -328,12 +392,24 @@ class Trainer:
         for cb in self.callbacks:
             cb(event)
 
+    def _tick(self) -> None:
+        """Before each step and each evaluation batch: let the governor match the threads to the CPUs free."""
+        if self.governor is not None:
+            self.governor.tick()
+
+    def _mask_stream(self) -> Any:
+        """The model's dropout stream (harness.model.MaskStream), whose state every checkpoint carries; None for a
+        model without one."""
+        return getattr(self.model, "masks", None)
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _save(self, name: str, kind: str) -> None:
+        if self.dist is not None and not self.dist.is_main:
+            return  # every rank holds the same state; rank 0 writes it
         path = self.checkpoint_dir / name
         save_checkpoint(self.state_dict(), path, keep_previous=(kind == "last"))
         self._emit(CheckpointSaved(step=self.step, path=path, kind=kind))

@@ -1,0 +1,163 @@
+"""Every command in the README's bash blocks runs as written (the "Scaling out" block has its own test in
+test_scale_out.py, with real servers).
+
+The commands run in a copy of the project (experiments/ and an empty store), in README order, with
+``HARNESS_MAX_STEPS=2`` so that every training command is a two-step smoke run. A placeholder such as ``<run_id>``
+is replaced by a real id from the store at that point. Lines that are not harness commands are skipped only for the
+reasons in SKIP; a command that is expected to stop with exit 2 (a missing optional package) is in EXPECTED_EXIT.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import child_env
+
+ROOT = Path(__file__).resolve().parents[1]
+BASH_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
+
+# Lines the suite does not run, and why.
+SKIP = {
+    "pip": "installing: CI runs the Quick start's install command itself (.ci/run)",
+    "python -m pytest": "this test suite",
+    "torchrun": "DDP: tests/test_ddp.py runs it with real processes",
+    "initdb": "Scaling out: test_scale_out.py runs that block with real servers",
+    "pg_ctl": "Scaling out: see above",
+    "psql": "Scaling out: see above",
+    "mlflow server": "Scaling out: see above",
+    "export MLFLOW_TRACKING_URI": "Scaling out: see above",
+}
+# Commands that stop with exit 2 on purpose in this environment, and the message that says why.
+EXPECTED_EXIT = {
+    "harness dashboard": (2, "optuna-dashboard is not installed"),
+}
+SERVERS = ("harness ui", "mlflow ui")  # they run until Ctrl-C: started, checked, stopped
+
+
+def _commands() -> list[tuple[int, str]]:
+    """(block number, command) for every command line of every bash block, continuation lines joined."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    out = []
+    for n, block in enumerate(BASH_BLOCK.findall(text)):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                out.append((n, shlex.join(words)))
+    return out
+
+
+def _skip_reason(command: str) -> str | None:
+    for prefix, reason in SKIP.items():
+        if command.startswith(prefix):
+            return reason
+    return None
+
+
+def test_the_readme_commands_are_covered():
+    """Every command is run here or skipped for a stated reason; the skipped ones stay few."""
+    commands = [c for _, c in _commands()]
+    assert any(c.startswith("harness run experiments/lr_sweep.yaml") for c in commands)
+    skipped = [c for c in commands if _skip_reason(c)]
+    unknown = [c for c in commands if not _skip_reason(c) and not c.startswith(("harness", "python -m harness", "mlflow ui"))]
+    assert not unknown, f"README commands this test does not know how to run: {unknown}"
+    assert len(skipped) <= 12, skipped
+
+
+class _Project:
+    """A copy of the project's specs with an empty store, where README commands run one after another."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "project"
+        shutil.copytree(ROOT / "experiments", self.dir / "experiments")
+        (self.dir / "mlruns").mkdir(parents=True)
+        (self.dir / "studies").mkdir()
+        self.env = child_env(HARNESS_MAX_STEPS="2")
+        self.env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as a user's shell has it
+
+    def client(self):
+        from harness.tracking import client_for
+
+        return client_for(f"sqlite:///{self.dir / 'mlruns' / 'mlflow.db'}")
+
+    def ids(self) -> dict[str, list[str]]:
+        """Placeholder -> the ids that can stand in for it, newest first."""
+        client = self.client()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time DESC"])
+        lm = [r.info.run_id for r in runs if r.data.tags.get("harness.role") != "sweep" and r.data.params.get("task.kind", "lm") != "classify"]
+        parents = [r.info.run_id for r in runs if r.data.tags.get("harness.role") == "sweep"]
+        tuned = [r.info.run_id for r in runs if r.data.tags.get("harness.init_from")]
+        return {"<run_id>": lm, "<sweep parent run id>": parents, "<finetuned run id>": tuned}
+
+    def fill(self, command: str) -> str:
+        ids = self.ids()
+        for placeholder, candidates in ids.items():
+            i = 0
+            while placeholder in command:
+                assert candidates, f"no run can stand in for {placeholder} in: {command}"
+                command = command.replace(placeholder, candidates[i % len(candidates)], 1)
+                i += 1
+        assert "<" not in command or "--prompt" in command, f"an unknown placeholder in: {command}"
+        return command
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        args = shlex.split(command)
+        if args[0] == "harness":
+            args = [sys.executable, "-m", "harness", *args[1:]]
+        return subprocess.run(args, cwd=self.dir, env=self.env, capture_output=True, text=True, timeout=600)
+
+    def serve(self, command: str) -> str:
+        """Start a server command, wait until it says it is ready (or answers on its port), stop it with Ctrl-C."""
+        args = shlex.split(command)
+        if args[0] == "harness":
+            args = [sys.executable, "-m", "harness", *args[1:]]
+        proc = subprocess.Popen(args, cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        lines = []
+        try:
+            deadline = time.monotonic() + 180
+            for line in proc.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                if "ready: open" in line or "Uvicorn running" in line or "Listening at" in line:
+                    break
+                assert time.monotonic() < deadline, "".join(lines)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        return "".join(lines)
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_as_written(tmp_path):
+    project = _Project(tmp_path)
+    ran = 0
+    for block, command in _commands():
+        if _skip_reason(command):
+            continue
+        command = project.fill(command)
+        if command.startswith(SERVERS) and "--dry-run" not in command:
+            out = project.serve(command)
+            assert "Traceback" not in out, out
+            ran += 1
+            continue
+        result = project.run(command)
+        code, message = next((v for k, v in EXPECTED_EXIT.items() if command.startswith(k)), (0, ""))
+        assert result.returncode == code, f"block {block}: {command}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        assert message in result.stdout + result.stderr, f"block {block}: {command}\n{result.stdout}\n{result.stderr}"
+        assert "Traceback" not in result.stderr, result.stderr
+        ran += 1
+    assert ran >= 20

@@ -50,13 +50,17 @@ def _commands() -> list[tuple[int, str]]:
     for n, block in enumerate(BASH_BLOCK.findall(text)):
         joined = block.replace("\\\n", " ")
         for line in joined.splitlines():
-            words = shlex.split(line, comments=True)
-            if words:
-                out.append((n, shlex.join(words)))
+            for part in line.split(" && "):  # the quick start's install && run: each part on its own
+                part = re.sub(r"<([^<>]+)>", lambda m: "<" + m.group(1).replace(" ", "_") + ">", part)  # one word per placeholder
+                words = shlex.split(part, comments=True)
+                if words:
+                    out.append((n, shlex.join(words)))
     return out
 
 
 def _skip_reason(command: str) -> str | None:
+    if "--storage postgresql://" in command:
+        return "Scaling out: test_scale_out.py runs that block with real servers"
     for prefix, reason in SKIP.items():
         if command.startswith(prefix):
             return reason
@@ -94,11 +98,30 @@ class _Project:
         client = self.client()
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time DESC"])
         lm = [r.info.run_id for r in runs if r.data.tags.get("harness.role") != "sweep" and r.data.params.get("task.kind", "lm") != "classify"]
-        parents = [r.info.run_id for r in runs if r.data.tags.get("harness.role") == "sweep"]
-        tuned = [r.info.run_id for r in runs if r.data.tags.get("harness.init_from")]
-        return {"<run_id>": lm, "<sweep parent run id>": parents, "<finetuned run id>": tuned}
+        # the README's sweep parent is the quick start's (lr_sweep): a language model, which `generate` can sample
+        lr_sweep = {e.experiment_id for e in client.search_experiments() if e.name == "lr_sweep"}
+        parents = [r.info.run_id for r in runs if r.data.tags.get("harness.role") == "sweep" and r.info.experiment_id in lr_sweep]
+        # the README asks a finetuned run a question: an instruction-tuned one
+        tuned = [r.info.run_id for r in runs if r.data.tags.get("harness.init_from") and r.data.params.get("task.kind") == "instruct"]
+        return {"<run_id>": lm, "<sweep_parent_run_id>": parents, "<finetuned_run_id>": tuned}
+
+    def killed_run(self) -> str:
+        """A run killed (SIGKILL) after its first step: what `harness resume <run_id>` is for."""
+        before = set(self.ids()["<run_id>"])
+        args = [sys.executable, "-m", "harness", "run", "experiments/names.yaml", "-q"]
+        done = subprocess.run(args, cwd=self.dir, env={**self.env, "HARNESS_KILL_AT": "step:1"}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        [new] = set(self.ids()["<run_id>"]) - before
+        return new
 
     def fill(self, command: str) -> str:
+        if "mlruns/lr_sweep/<run_id>" in command:  # a checkpoint file of the quick start's sweep: one of its trials
+            client = self.client()
+            [exp] = [e.experiment_id for e in client.search_experiments() if e.name == "lr_sweep"]
+            trial = next(r.info.run_id for r in client.search_runs([exp]) if r.data.tags.get("harness.role") == "trial")
+            command = command.replace("mlruns/lr_sweep/<run_id>", f"mlruns/lr_sweep/{trial}")
+        if command.startswith("harness resume") and "<run_id>" in command:
+            command = command.replace("<run_id>", self.killed_run(), 1)
         ids = self.ids()
         for placeholder, candidates in ids.items():
             i = 0
@@ -110,17 +133,26 @@ class _Project:
         return command
 
     def run(self, command: str) -> subprocess.CompletedProcess:
-        args = shlex.split(command)
+        args = self._glob(shlex.split(command))
         if args[0] == "harness":
             args = [sys.executable, "-m", "harness", *args[1:]]
         return subprocess.run(args, cwd=self.dir, env=self.env, capture_output=True, text=True, timeout=600)
+
+    def _glob(self, args: list[str]) -> list[str]:
+        """What the shell does with a pattern such as experiments/*.yaml (sorted, relative to the project)."""
+        out: list[str] = []
+        for arg in args:
+            matches = sorted(str(p.relative_to(self.dir)) for p in self.dir.glob(arg)) if "*" in arg else []
+            out += matches or [arg]
+        return out
 
     def serve(self, command: str) -> str:
         """Start a server command, wait until it says it is ready (or answers on its port), stop it with Ctrl-C."""
         args = shlex.split(command)
         if args[0] == "harness":
             args = [sys.executable, "-m", "harness", *args[1:]]
-        proc = subprocess.Popen(args, cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env = {k: v for k, v in self.env.items() if k != "PYTHONWARNINGS"}  # a third-party server: its own warnings are not ours
+        proc = subprocess.Popen(args, cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         lines = []
         try:
@@ -138,6 +170,7 @@ class _Project:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
         return "".join(lines)
 
 

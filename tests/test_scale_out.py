@@ -163,3 +163,86 @@ def test_two_invocations_of_a_tpe_study_run_exactly_n_trials(servers, tmp_path):
     assert {t.user_attrs["pid"] for t in trials} == {p.pid for p in procs}, "both invocations ran trials"
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
     assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 10
+
+
+# ------------------------------------------------------------------------------------ the README's block, as written
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The command lines of the first bash block after ``heading`` in the README, continuation lines joined."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index(heading):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, f"no bash block after {heading!r}"
+    return [line for line in block.group(1).replace("\\\n", " ").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_readme_scaling_out_block_runs_as_written(tmp_path, pg_server):
+    """Every line of "A sweep on several machines", in order: a PostgreSQL cluster made by initdb/pg_ctl, the two
+    databases, an mlflow server on it, and the sweep on both (two-step trials). Only the ports are changed (to free
+    ones), and as root the PostgreSQL commands run as an unprivileged user, as the README asks."""
+    import os
+    import shlex
+    import shutil
+    import signal
+    import tempfile
+
+    from servers import _drop_privileges_prefix, _wait_until, find_postgres_binaries, free_port
+
+    del pg_server  # requested for its skip/require logic only: the block makes its own cluster
+    lines = _readme_block("### A sweep on several machines")
+    assert [shlex.split(line)[0] for line in lines] == ["initdb", "pg_ctl", "psql", "mlflow", "export", "harness"]
+    pg_port, ml_port = free_port(), free_port()
+    lines = [line.replace("5432", str(pg_port)).replace("5000", str(ml_port)) for line in lines]
+
+    run_as: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="readme-scale-", dir="/tmp"))  # reachable by the unprivileged user
+    env = {k: v for k, v in child_env().items() if not k.startswith("PG")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PATH"] = f"{find_postgres_binaries()}{os.pathsep}{env['PATH']}"
+    if os.geteuid() == 0:
+        user = os.environ.get("HARNESS_PG_USER") or "nobody"
+        run_as = _drop_privileges_prefix(user)
+        import pwd
+
+        os.chown(work, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "experiments", work / "experiments")
+    (work / "mlruns").mkdir()
+    server = None
+    try:
+        for line in lines[:3]:  # initdb, pg_ctl start, psql
+            pg_env = {**env, "HOME": str(work), "TMPDIR": str(work), "LC_ALL": "C", "LANG": "C"}
+            done = subprocess.run(run_as + ["bash", "-c", line], cwd=work, env=pg_env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        mlflow_line = lines[3].rstrip("& ")
+        log = open(tmp_path / "mlflow.log", "wb")  # noqa: SIM115 - closed in finally
+        server = subprocess.Popen(["bash", "-c", f"exec {mlflow_line}"], cwd=work, env=child_env(python_warnings=None),
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        import urllib.request
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{ml_port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        assert _wait_until(lambda: healthy() or server.poll() is not None, 180) and healthy(), \
+            "mlflow server did not come up:\n" + (tmp_path / "mlflow.log").read_text(errors="replace")[-3000:]
+        name, _, value = lines[4].removeprefix("export ").partition("=")
+        env[name] = value
+        sweep = subprocess.run(shlex.split(lines[5]), cwd=work, env={**env, "HARNESS_MAX_STEPS": "2"}, capture_output=True, text=True,
+                               timeout=600)
+        assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+        assert "3 complete" in sweep.stdout, sweep.stdout
+        assert f"postgresql://harness@127.0.0.1:{pg_port}/harness" in sweep.stdout
+    finally:
+        if server is not None:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+            log.close()
+        subprocess.run(run_as + ["bash", "-c", "pg_ctl -D pg stop -m fast"], cwd=work, env={**env, "HOME": str(work)},
+                       capture_output=True, timeout=60)
+        shutil.rmtree(work, ignore_errors=True)

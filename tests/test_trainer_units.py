@@ -27,7 +27,7 @@ def _train_spec(**kw) -> TrainSpec:
     return TrainSpec.model_validate(base)
 
 
-def _build(spec_dict: dict, ckpt_dir: Path, callbacks=(), init_seed: int | None = None) -> Trainer:
+def _build(spec_dict: dict, ckpt_dir: Path, callbacks=(), init_seed: int | None = None, step_cap: int | None = None) -> Trainer:
     """Data, model and trainer for a spec dict, as harness.job.build.build does it but without MLflow."""
     spec = spec_from_dict(spec_dict)
     prep = prepare(spec.data)
@@ -37,7 +37,7 @@ def _build(spec_dict: dict, ckpt_dir: Path, callbacks=(), init_seed: int | None 
     kw = {"batch_size": spec.train.batch_size, "n_batches": spec.train.eval.batches}
     evals = {"train": eval_batches(prep, spec.data, split="train", **kw), "val": eval_batches(prep, spec.data, split="val", **kw)}
     return Trainer(model, spec.train, batches, eval_sets=evals, checkpoint_dir=ckpt_dir, device=torch.device("cpu"),
-                   callbacks=list(callbacks))
+                   callbacks=list(callbacks), step_cap=step_cap)
 
 
 class _Collect:
@@ -356,3 +356,33 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_spec_dict):
     assert all(math.isfinite(v) for v in losses["bf16"])
     assert losses["bf16"] != losses["fp32"]  # autocast really ran the forward pass in bf16 ...
     assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], abs=0.05)  # ... and computes the same loss
+
+
+def test_a_step_cap_shortens_the_run_and_its_schedule_and_a_resume_keeps_that_length(tmp_path, tiny_spec_dict):
+    """HARNESS_MAX_STEPS cuts a run (schedule fitted to the cut). A run cut at start keeps its length when resumed
+    without the cap: its learning rate must not jump to another schedule's."""
+    from harness.train import StopReason
+
+    tiny_spec_dict["train"]["schedule"] = {"name": "warmup_cosine", "warmup_steps": 1, "min_lr": 1.0e-4}
+    whole = _Collect()
+    _build(tiny_spec_dict, tmp_path / "whole", [whole], step_cap=4).fit()  # the capped run, uninterrupted
+    assert [e.lr for e in whole.events] != [e.lr for e in _run_lrs(tiny_spec_dict, tmp_path / "uncapped")][:4], "the cut changes the schedule"
+
+    def stop_at_2(event):
+        if isinstance(event, StepEnd) and event.step == 1:
+            raise StopTraining(StopReason.INTERRUPTED, "test stop")
+
+    capped = _build(tiny_spec_dict, tmp_path / "a", [stop_at_2], step_cap=4)
+    assert capped.total_steps == 4 and capped.fit().steps == 2
+    lrs = _Collect()
+    resumed = _build(tiny_spec_dict, tmp_path / "a", [lrs])
+    assert resumed.total_steps == 6, "uncapped, the spec's length"
+    resumed.load(tmp_path / "a" / "last.pt")
+    assert resumed.total_steps == 4 and resumed.fit().steps == 4
+    assert [e.lr for e in lrs.events] == [e.lr for e in whole.events][2:], "the resumed steps follow the capped run's schedule"
+
+
+def _run_lrs(spec_dict: dict, folder: Path) -> list:
+    steps = _Collect()
+    _build(spec_dict, folder, [steps]).fit()
+    return steps.events

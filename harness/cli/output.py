@@ -38,7 +38,10 @@ def print_run_summary(out: Any) -> None:
     if out.watch != "val/loss" and out.best_metric is not None:
         print(f"  {out.watch}  best {_fmt(out.best_metric)} at step {out.best_step}")
     if f.get("initial_loss") is not None:
-        print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(vocab) {f['ln_vocab']:.4f} (vocab {f['vocab_size']})")
+        if "ln_labels" in f:  # a classifier guesses among its labels, not its vocabulary
+            print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(labels) {f['ln_labels']:.4f} ({f['n_labels']} labels)")
+        else:
+            print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(vocab) {f['ln_vocab']:.4f} (vocab {f['vocab_size']})")
     print(f"  model        {f.get('n_parameters', 0):,} parameters, {f.get('steps_per_epoch')} steps/epoch, {f.get('tokens_per_step')} tokens/step")
     if out.grad:
         g = out.grad

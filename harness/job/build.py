@@ -19,7 +19,7 @@ from harness.job.logger import MetricLogger
 from harness.spec import Spec
 from harness.tracking import MlflowTracker
 
-__all__ = ["Built", "build", "sample_text"]
+__all__ = ["Built", "build", "load_source", "sample_text", "step_cap"]
 
 
 @dataclass
@@ -67,14 +67,18 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
         model.head = torch.nn.Linear(spec.model.d_model, len(data.task.labels), bias=False)
         torch.nn.init.normal_(model.head.weight, mean=0.0, std=0.02)
     if init_state is not None:
-        _load_source(model, init_state, classify=spec.task.kind == "classify")
+        load_source(model, init_state, classify=spec.task.kind == "classify")
+    if spec.freezing != "none" and model.head.weight is model.tok_emb.weight:
+        # A tied head is the token embedding: training "only the head" would train the embedding too. Untie it, so
+        # the head trains on its own copy and the frozen embedding stays bit-identical.
+        model.head.weight = torch.nn.Parameter(model.tok_emb.weight.detach().clone())
     freeze(model, spec.freezing)
     logger = MetricLogger(tracker, upload_checkpoints=spec.tracking.log_checkpoints) if tracker else None
     cbs: list[Callable[[Any], None]] = ([logger] if logger else []) + list(callbacks) + ([progress] if progress else [])
     ckpt_dir = tracker.checkpoint_dir() if tracker else Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
     trainer = Trainer(model, spec.train, data.batches, eval_sets=data.evals, checkpoint_dir=ckpt_dir, device=device, callbacks=cbs,
                       meta={"seed": spec.seed, "name": spec.name}, governor=governor, classify=spec.task.kind == "classify",
-                      step_cap=_step_cap(), dist=dist)
+                      step_cap=step_cap(), dist=dist)
     facts = {**data.facts, "n_parameters": model.num_parameters(), "trainable_parameters": trainable_count(model),
              "tokens_per_step": spec.train.batch_size * spec.data.seq_len, "steps_per_epoch": data.batches.steps_per_epoch,
              "total_steps": trainer.total_steps, "precision": trainer.precision}  # precision: what `auto` resolved to here
@@ -85,7 +89,7 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
     return Built(data.prep, trainer, logger, facts, device, data.tokenizer, data.task)
 
 
-def _step_cap() -> int | None:
+def step_cap() -> int | None:
     """``HARNESS_MAX_STEPS``: cut every run to at most this many steps (a smoke test of a spec or a README command)."""
     raw = os.environ.get("HARNESS_MAX_STEPS", "").strip()
     if not raw:
@@ -95,7 +99,7 @@ def _step_cap() -> int | None:
     return int(raw)
 
 
-def _load_source(model: Any, state: dict[str, Any], *, classify: bool) -> None:
+def load_source(model: Any, state: dict[str, Any], *, classify: bool) -> None:
     """The source's weights into ``model``: all of them, except a classifier's new head. A context shorter than the
     source's keeps the first position embeddings (the others are never read)."""
     state = dict(state)

@@ -54,13 +54,15 @@ def follow(dist: Distributed) -> RunOutcome:
     spec = spec_from_dict(got["spec"])
     tokenizer = tokenizer_from_dict(got["tokenizer"]) if got["tokenizer"] is not None else None
     built = build(spec, None, [], tokenizer=tokenizer, labels=got["labels"], dist=dist)
-    if got["resuming"] and dist.broadcast(None):  # rank 0 found a readable checkpoint: its state arrives next
-        built.trainer.load(None)
-    try:
-        result = built.trainer.fit()
-    finally:
-        del built  # the DDP wrapper goes before its process group
-        dist.stop()
+    if got["resuming"]:  # what rank 0 continues from (runner._share_start), then its state
+        start = dist.broadcast(None)
+        if start == "checkpoint":
+            built.trainer.load(None)
+        elif start == "source":
+            built.trainer.model.load_state_dict(dist.broadcast(None))
+    result = built.trainer.fit()
+    del built  # the DDP wrapper goes before its process group
+    dist.stop()
     return RunOutcome(run_id=got["run_id"], experiment=spec.experiment, experiment_id="", tracking_uri="", status="FINISHED",
                       stop_reason=result.stop_reason, steps=result.steps, epochs=result.epochs, wall_time_s=result.wall_time_s,
                       message=result.message, signal=result.signal)

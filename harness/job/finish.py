@@ -82,7 +82,8 @@ def _log_summary(tracker: MlflowTracker, result: TrainResult, watch: str) -> Non
 def _tag_outcome(tracker: MlflowTracker, result: TrainResult, facts: dict[str, Any]) -> None:
     tags: dict[str, Any] = {"stop_reason": result.stop_reason.value, "harness.steps": result.steps}
     if "initial_loss" in facts:
-        tags["harness.sanity"] = f"step-0 loss {facts['initial_loss']:.4f} vs ln(vocab) {facts['ln_vocab']:.4f}"
+        chance = ("ln(labels)", facts["ln_labels"]) if "ln_labels" in facts else ("ln(vocab)", facts["ln_vocab"])
+        tags["harness.sanity"] = f"step-0 loss {facts['initial_loss']:.4f} vs {chance[0]} {chance[1]:.4f}"
     if result.message:
         tags["harness.message"] = result.message[:5000]
     tracker.set_tags(tags)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from harness.data.checks import validate_data
 from harness.errors import UsageError
-from harness.job.build import Built, build
+from harness.job.build import Built, build, load_source, step_cap
 from harness.job.ddp import Announcer, follow
 from harness.job.finetune import Lineage, resolve_init
 from harness.job.finish import finish
@@ -57,14 +57,14 @@ def run(
         return follow(dist)
     announce = Announcer(dist)
     try:
-        return _run(spec, announce, uri=uri, parent_run_id=parent_run_id, tags=tags, callbacks=callbacks, on_start=on_start,
-                    progress=progress, run_id=run_id)
+        out = _run(spec, announce, uri=uri, parent_run_id=parent_run_id, tags=tags, callbacks=callbacks, on_start=on_start,
+                   progress=progress, run_id=run_id)
     except BaseException as exc:
-        announce.fail(exc)
+        announce.fail(exc)  # before the followers have the spec; later, torchrun stops them when this process exits
         raise
-    finally:
-        if dist is not None:
-            dist.stop()
+    if dist is not None:
+        dist.stop()
+    return out
 
 
 def _join_group(device: str) -> Distributed | None:
@@ -89,11 +89,12 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
     spec, lineage = resolve_init(spec, uri=uri)
     validate_data(spec)
     resolve_device(spec.train.device)
+    cap = step_cap()
     client = client_for(uri)
     reap_stale_runs(client)
     # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.
     run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags(),
-                **(lineage.tags() if lineage else {})}
+                **(lineage.tags() if lineage else {}), **({"harness.step_cap": str(cap)} if cap else {})}
     if run_id is not None:
         tracker = MlflowTracker.attach(client, run_id, tags=run_tags)
     else:
@@ -222,14 +223,14 @@ def resume(run_id: str, *, uri: str | None = None, callbacks: list[Callable[[Any
         return follow(dist)
     announce = Announcer(dist)
     try:
-        return _resume(run_id, announce, uri=uri, callbacks=callbacks, progress=progress, allow_finished=allow_finished,
-                       assume_dead=assume_dead, notify=notify)
+        out = _resume(run_id, announce, uri=uri, callbacks=callbacks, progress=progress, allow_finished=allow_finished,
+                      assume_dead=assume_dead, notify=notify)
     except BaseException as exc:
         announce.fail(exc)
         raise
-    finally:
-        if dist is not None:
-            dist.stop()
+    if dist is not None:
+        dist.stop()
+    return out
 
 
 def _resume(run_id: str, announce: Announcer, *, uri: str | None, callbacks: list[Callable[[Any], None]] | None, progress: Any,
@@ -328,8 +329,8 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
             break
         except CheckpointError as exc:
             problems.append(str(exc))
-    if dist is not None and dist.broadcast(loaded is not None):
-        built.trainer.load(loaded)  # sends its state to the followers
+    if dist is not None:
+        _share_start(spec, built, loaded, dist, uri=tracker.client.tracking_uri)
     if problems:
         tracker.set_tags({"harness.resume_warnings": " | ".join(problems)[:5000]})
         for p in problems:
@@ -351,3 +352,20 @@ def _rebuild_from_scratch(spec: Spec, tracker: MlflowTracker, callbacks: list[Ca
     """No usable checkpoint: the run starts over, from what it started from (a finetuned run: its source's weights)."""
     lineage = resolve_init(spec, uri=tracker.client.tracking_uri)[1] if spec.init is not None else None
     return build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None, **saved)
+
+
+def _share_start(spec: Spec, built: Built, loaded: Path | None, dist: Distributed, *, uri: str) -> None:
+    """DDP resume, rank 0: tell the followers what the run continues from, and send it (see ddp.follow): the
+    checkpoint's whole state, or (no usable checkpoint) a finetuned run's source weights, or nothing (random weights,
+    the same on every rank from the seed)."""
+    if loaded is not None:
+        dist.broadcast("checkpoint")
+        built.trainer.load(loaded)  # reads it, and sends its state
+    elif spec.init is not None:
+        dist.broadcast("source")
+        lineage = resolve_init(spec, uri=uri)[1]
+        assert lineage is not None
+        load_source(built.trainer.model, lineage.state, classify=spec.task.kind == "classify")
+        dist.broadcast(built.trainer.model.state_dict())
+    else:
+        dist.broadcast("nothing")

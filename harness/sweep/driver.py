@@ -90,10 +90,10 @@ def run_sweep(
     try:
         try:
             signum = _run(plan, n_workers)
+            result = finalize(spec, opened, uri=uri, interrupted=signum is not None)
         except Exception as exc:  # the sweep broke (a worker's error, the study's storage): its parent run says so
             fail_parent(opened, uri=uri, error=exc)
             raise
-        result = finalize(spec, opened, uri=uri, interrupted=signum is not None)
     finally:
         engine = getattr(opened.storage, "engine", None)  # an RDB storage's connections: closed, not left to the GC
         if engine is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.spec import ObjectiveSpec, ParamRange, Spec
 from harness.sweep.storage import retried_numbers
-from harness.sweep.study import OpenStudy
+from harness.sweep.study import OpenStudy, from_optuna
 from harness.sweep.storage import study_lock
 from harness.tracking import MlflowTracker, client_for
 from harness.tracking.liveness import pid_alive
@@ -74,7 +74,7 @@ def trials_table(study: Any, *, objective: ObjectiveSpec, uri: str) -> Any:
 
 def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
     metric = objective.metric
-    row: dict[str, Any] = {"trial": t.number, "state": t.state.name, **t.params, "objective": t.value}
+    row: dict[str, Any] = {"trial": t.number, "state": t.state.name, **from_optuna(t.params), "objective": t.value}
     run_id = t.user_attrs.get("mlflow_run_id")
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
@@ -139,7 +139,7 @@ def finalize(spec: Spec, opened: OpenStudy, *, uri: str, interrupted: bool) -> S
         best = None
         if counts["complete"]:
             bt = study.best_trial
-            best = {"trial": bt.number, "value": bt.value, "params": bt.params, "run_id": bt.user_attrs.get("mlflow_run_id")}
+            best = {"trial": bt.number, "value": bt.value, "params": from_optuna(bt.params), "run_id": bt.user_attrs.get("mlflow_run_id")}
         running_elsewhere = sum(t.state == TrialState.RUNNING for t in live)
         artifacts: list[str] = []
         if running_elsewhere == 0 and (interrupted or counts["running"] == 0):

@@ -23,7 +23,7 @@ from harness.spec import Spec, flatten, is_named_corpus, spec_to_dict, spec_to_y
 from harness.sweep.storage import make_storage, study_lock
 from harness.tracking import MlflowTracker, check_store, client_for
 
-__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "grid_points", "open_study", "point_key", "spec_digest", "total_trials"]
+__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "from_optuna", "grid_points", "open_study", "point_key", "spec_digest", "to_optuna", "total_trials"]
 
 #: Fields that cannot change what a trial computes: changing them does not make a different study.
 NO_EFFECT_FIELDS = ("tracking.tags", "tracking.sample_tokens", "tracking.sample_prompt", "tracking.log_checkpoints",
@@ -57,6 +57,25 @@ def grid_points(spec: Spec) -> list[dict[str, Any]]:
     keys = list(sw.params)
     values = [v if isinstance(v, list) else list(v.choices or []) for v in sw.params.values()]
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def to_optuna(value: Any) -> Any:
+    """A swept value as Optuna stores a categorical choice: None, bool, int, float and str as they are; a mapping or a
+    list (``task.freeze: {last_n_blocks: 1}``) as its JSON text, which Optuna's storages keep without a warning."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def from_optuna(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params with the JSON-encoded choices (see :func:`to_optuna`) decoded again."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, str) and v[:1] in "{[":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
 
 
 def point_key(params: dict[str, Any]) -> str:

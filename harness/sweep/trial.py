@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError, SpecError
 from harness.spec import ParamRange, Spec, variant
+from harness.sweep.study import to_optuna
 from harness.testing import faults
 from harness.tracking import client_for
 from harness.tracking.liveness import run_is_set_up
@@ -157,10 +158,10 @@ def _existing_run(client: Any, run_id: str | None) -> Any | None:
 
 
 def _suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
-    if isinstance(space, list):
-        return trial.suggest_categorical(path, space)
-    if space.choices is not None:
-        return trial.suggest_categorical(path, space.choices)
+    choices = space if isinstance(space, list) else space.choices
+    if choices is not None:
+        stored = [to_optuna(c) for c in choices]
+        return choices[stored.index(trial.suggest_categorical(path, stored))]
     if space.int is not None:
         lo, hi = space.int
         return trial.suggest_int(path, lo, hi, step=int(space.step or 1), log=space.log)

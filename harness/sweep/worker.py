@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from harness.errors import HarnessError
 from harness.spec import Spec, spec_from_dict
 from harness.sweep.storage import GRACE_S, HEARTBEAT_S, MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, retried_numbers, study_lock
-from harness.sweep.study import grid_points, point_key
+from harness.sweep.study import from_optuna, grid_points, point_key, to_optuna
 from harness.sweep.trial import TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
 from harness.testing import faults
 from harness.tracking import client_for
@@ -109,7 +109,7 @@ def _next_trial(study: Any, base: Spec, total: int, deadline: float | None) -> A
             point = _free_grid_point(base, trials, total)
             if point is None:
                 return None
-            study.enqueue_trial(point, user_attrs={GRID_POINT: point_key(point)}, skip_if_exists=False)
+            study.enqueue_trial({k: to_optuna(v) for k, v in point.items()}, user_attrs={GRID_POINT: point_key(point)}, skip_if_exists=False)
         elif len(trials) - len(retried_numbers(trials)) >= total:
             return None
     with warnings.catch_warnings():
@@ -129,7 +129,7 @@ def _free_grid_point(base: Spec, trials: list[Any], total: int) -> dict[str, Any
         if t.number in retried or (t.state == TrialState.FAIL and StopReason.is_retry(t.user_attrs.get("stop_reason"))):
             continue
         # the point it was queued with (a retry copies it): its params are written one at a time, outside the lock
-        taken.add(t.user_attrs.get(GRID_POINT) or point_key(t.params))
+        taken.add(t.user_attrs.get(GRID_POINT) or point_key(from_optuna(t.params)))
     return next((p for p in grid_points(base)[:total] if point_key(p) not in taken), None)
 
 

@@ -53,10 +53,13 @@ class Distributed:
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            # with CUDA present, both: the group serves CPU tensors (a cpu-device spec, broadcast objects) and GPU ones
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         return device
 
     def stop(self) -> None:
+        """Leave the group after a run that ended normally on every rank. (After an error, leave without this: the
+        process exits non-zero and torchrun stops the other ranks.)"""
         import torch.distributed as dist
 
         if dist.is_initialized():
@@ -85,6 +88,14 @@ class Distributed:
 
         # DDP broadcasts rank 0's parameters at construction, so every rank starts from the same weights.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def sum(self, value: float, device: torch.device) -> float:
+        """The sum of ``value`` over the ranks."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item())
 
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of ``value`` over the ranks (e.g. each rank's loss on its shard)."""

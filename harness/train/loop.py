@@ -109,6 +109,8 @@ class Trainer:
         self.last_eval_at: int | None = None
         self.elapsed_before = 0.0  # wall time of earlier sessions of this run
         self.resumed_from: Path | None = None
+        self.resumed = False  # state came from a checkpoint (on every DDP rank, whichever read the file)
+        self._pending_stop: StopTraining | None = None  # DDP: a callback's stop, applied on every rank at the next step
         self._t0: float | None = None
         self._params: list[torch.nn.Parameter] = []
         self.eval_every_steps, self.eval_every_epochs = self._eval_cadence()
@@ -152,14 +154,23 @@ class Trainer:
                 "last_train_loss": self.last_train_loss,
                 "last_eval_at": self.last_eval_at,
                 "elapsed": elapsed,
+                "total_steps": self.total_steps,
             },
             "meta": self.meta,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        total = state["trainer"].get("total_steps")
+        if total is not None and int(total) != self.total_steps:
+            # The run keeps the length it started with (e.g. cut by HARNESS_MAX_STEPS then, or not now): the schedule
+            # follows it, so the learning rate does not jump at the resume. (Made before the optimizer's state is
+            # loaded: a new scheduler sets the optimizer's lr to its first step's.)
+            self.total_steps = int(total)
+            self.scheduler = make_scheduler(self.optimizer, self.spec, self.total_steps)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.resumed = True
         self.batches.load_state_dict(state["sampler"])
         t = state["trainer"]
         self.step, self.epoch = int(t["step"]), int(t["epoch"])
@@ -177,7 +188,7 @@ class Trainer:
         """Continue from a checkpoint. Under DDP rank 0 reads it (only rank 0 writes checkpoints) and the other ranks
         receive its state (their ``path`` may be None)."""
         self.load_state_dict(self._read(path))
-        self.resumed_from = Path(path) if path is not None else None
+        self.resumed_from = Path(path) if path is not None else None  # None on a DDP follower: rank 0 read it
 
     def _read(self, path: Path | None) -> dict[str, Any]:
         if self.dist is None:
@@ -199,16 +210,15 @@ class Trainer:
         out = _Outcome()
         with StopSignals() as signals:
             try:
-                if self.step == 0 and self.resumed_from is None:
+                if self.step == 0 and not self.resumed:
                     out.reason = self._evaluate_and_track()  # step 0: the untrained model, to compare with ln(vocab)
                 while out.reason is None and self.step < self.total_steps:
-                    if self._stop_asked(signals):
-                        out.reason, out.signal = StopReason.INTERRUPTED, signals.received
-                        self._emit(Stopping(step=self.step, reason=StopReason.INTERRUPTED,
-                                            doing="saving a checkpoint, then writing the buffered metrics"))
+                    if self._stop_asked(signals, out):
                         break
                     self._tick()
                     self._train_step(out)
+                if out.reason is None and self.dist is not None:
+                    self._stop_asked(signals, out)  # a stop asked during the last step: every rank skips the final evaluation
                 if out.reason is None:
                     out.reason = StopReason.COMPLETED
                 if out.reason is StopReason.COMPLETED and self.last_eval_at != self.step:
@@ -246,8 +256,11 @@ class Trainer:
         # forward and backward
         with self._autocast():
             logits = self.net(x)
-        loss = cross_entropy(logits, y)
-        loss_value = loss.item() if self.dist is None else self.dist.mean(loss.item(), self.device)  # the global batch's loss
+        if self.dist is None:
+            loss = cross_entropy(logits, y)
+            loss_value = loss.item()
+        else:
+            loss, loss_value = self._global_mean_loss(logits, y)
         if not math.isfinite(loss_value):
             self._diverged(out, lr, loss_value, float("nan"), f"loss became {loss_value} at step {self.step}")
             return
@@ -268,7 +281,7 @@ class Trainer:
         epoch_mean = self._count_step(loss_value, epoch_end)
         self._emit(StepEnd(step=self.step - 1, epoch=self.epoch - int(epoch_mean is not None), loss=loss_value, lr=lr,
                            grad_norm=norm_value, clipped=clip is not None and norm_value > clip,
-                           tokens_per_sec=x.numel() / max(time.perf_counter() - t_step, 1e-9)))
+                           tokens_per_sec=x.numel() * (self.dist.world_size if self.dist else 1) / max(time.perf_counter() - t_step, 1e-9)))
         faults.point("step")
 
         # what is due after the step
@@ -279,6 +292,17 @@ class Trainer:
         if self._periodic_checkpoint_due(epoch_end):
             self._save(periodic_name(self.step), "periodic")
             prune_periodic(self.checkpoint_dir, self.spec.checkpoint.keep)
+
+    def _global_mean_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """DDP: this rank's share of the global batch's mean loss, and that mean. Ranks can hold different numbers of
+        graded targets (instruct responses differ in length), so each rank's sum is divided by the global count; DDP
+        then averages the gradients over the ranks, hence the factor world_size."""
+        assert self.dist is not None
+        graded = float((y != -100).sum())
+        total = self.dist.sum(graded, self.device)
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100, reduction="sum")
+        global_mean = self.dist.sum(loss_sum.item(), self.device) / max(total, 1.0)
+        return loss_sum * (self.dist.world_size / max(total, 1.0)), global_mean
 
     def _count_step(self, loss_value: float, epoch_end: bool) -> float | None:
         """Advance step (and epoch) counters; returns the epoch's mean train loss when an epoch just ended."""
@@ -346,8 +370,12 @@ class Trainer:
     def _evaluate_and_track(self) -> StopReason | None:
         """Evaluate, track the best value, save best/last checkpoints; EARLY_STOPPED when patience runs out."""
         metrics = self.evaluate()
-        if self.dist is not None:  # DDP keeps the replicas identical; this shows it (0.0), or shows that it did not
+        if self.dist is not None:
+            # DDP keeps the replicas identical; this shows it (0.0), or shows that it did not
             metrics["ddp/param_divergence"] = self.dist.divergence(self.model, self.device)
+            # rank 0's figures decide best and patience on every rank: float results can differ in the last bits
+            # between devices, and ranks that disagreed about stopping would wait for each other forever
+            metrics = self.dist.broadcast(metrics)
         self.last_eval, self.last_eval_at = metrics, self.step
         value = metrics.get(self.watch)
         improved = False
@@ -371,10 +399,22 @@ class Trainer:
             return True
         return value > self.best + min_delta if self.higher_is_better else value < self.best - min_delta
 
-    def _stop_asked(self, signals: StopSignals) -> bool:
-        """Ctrl-C or SIGTERM seen; under DDP, seen by any rank (all ranks stop after the same step)."""
-        asked = signals.received is not None
-        return asked if self.dist is None else self.dist.any(asked, self.device)
+    def _stop_asked(self, signals: StopSignals, out: _Outcome) -> bool:
+        """Whether to stop before the next step, setting ``out``: Ctrl-C or SIGTERM seen, or (under DDP, where a
+        callback's stop is held until here) a callback asked. Under DDP the ranks agree: all stop after the same step."""
+        asked = signals.received is not None or self._pending_stop is not None
+        if self.dist is not None:
+            asked = self.dist.any(asked, self.device)
+        if not asked:
+            return False
+        if self._pending_stop is not None:
+            out.reason, out.message = self._pending_stop.reason, self._pending_stop.message
+            return True
+        out.reason, out.signal = StopReason.INTERRUPTED, signals.received
+        if signals.received is None:
+            out.message = "another rank of this DDP run stopped"
+        self._emit(Stopping(step=self.step, reason=StopReason.INTERRUPTED, doing="saving a checkpoint, then writing the buffered metrics"))
+        return True
 
     def _eval_due(self, epoch_end: bool) -> bool:
         if self.eval_every_steps is not None:
@@ -390,7 +430,13 @@ class Trainer:
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
         for cb in self.callbacks:
-            cb(event)
+            try:
+                cb(event)
+            except StopTraining as request:
+                if self.dist is None:
+                    raise
+                # Only rank 0 has callbacks; its stop must reach the other ranks before they start another step.
+                self._pending_stop = self._pending_stop or request
 
     def _tick(self) -> None:
         """Before each step and each evaluation batch: let the governor match the threads to the CPUs free."""

@@ -336,7 +336,7 @@ class SweepSpec(_Model):
     objective: ObjectiveSpec = Field(ObjectiveSpec(), description="the metric a trial is scored by")
     pruner: PrunerSpec = Field(PrunerSpec(), description="stop unpromising trials early")
     n_trials: int | None = Field(None, ge=1, le=1_000_000, description="trials to finish (a grid defaults to its size)")
-    workers: int = Field(1, ge=1, le=256, description="worker processes on this machine sharing the study")
+    workers: int = Field(1, ge=1, le=256, description="worker processes on this machine sharing the study; unset: chosen from the trials' size (1 for short trials)")
     storage: str | None = Field(None, description="Optuna storage URL (default: a SQLite file under studies/)")
     timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
 

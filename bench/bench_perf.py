@@ -297,6 +297,7 @@ def child_timed_run(argv: list[str]) -> None:
     times.update(imports=t_imports, cli=t_end - t_main, rc=rc, in_process=t_end - t0)
     sys.stderr.write("TIMES " + json.dumps(times) + "\n")
     sys.stderr.flush()
+    harness.cli._before_exit()  # as the `harness` script ends
     sys.exit(rc)
 
 

@@ -32,6 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code. As the ``harness`` script (no ``argv``), the process ends right
+    after: see :func:`_before_exit`."""
+    code = _main(argv)
+    if argv is None:
+        _before_exit()
+    return code
+
+
+def _before_exit() -> None:
+    """Make the interpreter's shutdown quick. After a run (torch, MLflow, pandas, matplotlib loaded), its garbage
+    collection passes over every object took about 1 s of a 25 s ``harness run``, freeing nothing that matters: the
+    run's files and the store are written and closed before this. ``gc.freeze`` moves the objects alive now out of
+    the collector's sight; exit handlers still run, and the process ends as usual."""
+    import gc
+
+    gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)

@@ -96,3 +96,13 @@ def test_a_sweep_is_refused_under_torchrun(tmp_path, tiny_corpus):
     out = _torchrun(_project(tmp_path, "p"), "run", str(spec))
     assert out.returncode != 0
     assert "a sweep runs its trials as separate processes" in out.stderr
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_a_run_exists(tmp_path, tiny_corpus):
+    raw = _spec(tiny_corpus)
+    raw["train"]["batch_size"] = 7
+    project = _project(tmp_path, "p")
+    out = _torchrun(project, "run", str(write_spec(tmp_path, raw, "odd.yaml")))
+    assert out.returncode != 0
+    assert "train.batch_size 7 is the global batch; it must divide evenly over the 2 processes" in out.stderr
+    assert _runs(project) == [], "nothing is created"

@@ -73,8 +73,12 @@ def test_an_ambiguous_run_id_prefix_lists_the_matches(tiny_spec_dict, capsys):
 
     client = client_for()
     exp = client.create_experiment("many")
-    ids = [client.create_run(exp).info.run_id for _ in range(17)]  # 17 runs, 16 hex digits: two share a first digit
-    first = collections.Counter(i[0] for i in ids).most_common(1)[0][0]
+    # Runs until two share a first character that is a letter: a digit-only selector such as "1" names an experiment
+    # id first (as the summaries print them), so it would not test the prefix (6 of 16 first characters are letters).
+    ids: list[str] = []
+    while not any(n > 1 for c, n in collections.Counter(i[0] for i in ids).items() if c in "abcdef"):
+        ids.append(client.create_run(exp).info.run_id)
+    first = next(c for c, n in collections.Counter(i[0] for i in ids).most_common() if c in "abcdef" and n > 1)
     assert main(["compare", first, first]) == 2
     err = capsys.readouterr().err
     assert f"the run id prefix '{first}' is ambiguous" in err
@@ -153,3 +157,16 @@ def test_an_interrupted_trial_gets_no_verdict(tiny_spec_dict, sigint_guard):
     assert len(interrupted) == 1
     assert interrupted[0]["verdict"] == "interrupted" and interrupted[0]["objective"] != interrupted[0]["objective"]  # NaN
     assert rows[0]["verdict"] != "interrupted" and rows[0]["state"] == "COMPLETE"
+
+
+def test_a_bad_step_cap_is_refused_before_a_run_exists(tmp_path, tiny_spec_dict, write_spec, monkeypatch, capsys):
+    """HARNESS_MAX_STEPS (smoke runs) must be a positive whole number; anything else is exit 2 with nothing made."""
+    from mlflow import MlflowClient
+
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_MAX_STEPS", "two")
+    assert main(["run", str(write_spec(tmp_path, tiny_spec_dict)), "-q"]) == 2
+    assert "HARNESS_MAX_STEPS must be a positive whole number of steps, not 'two'" in capsys.readouterr().err
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

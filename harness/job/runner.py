@@ -90,6 +90,8 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
     validate_data(spec)
     resolve_device(spec.train.device)
     cap = step_cap()
+    if announce.dist is not None:
+        announce.dist.per_rank_batch(spec.train.batch_size)  # the global batch splits evenly over the ranks, or no run
     client = client_for(uri)
     reap_stale_runs(client)
     # The owner tags go on at creation, so a run whose process dies at any later moment is found and reaped.

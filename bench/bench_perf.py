@@ -2,15 +2,16 @@
 bench/RESULTS.md.
 
     python bench/bench_perf.py                      # everything (about 25 minutes on 2 cores)
-    python bench/bench_perf.py loop bf16            # some: contention loop process bf16 sweep existing
+    python bench/bench_perf.py loop bf16            # some: contention loop process bf16 sweep existing compile gap
+    python bench/bench_perf.py --baseline bd5cd22   # "today" = the commit the performance issue measured
     python bench/bench_perf.py --quick              # fewer steps and repetitions: a smoke test of the script
 
 Baselines:
 
 * **textbook**: ``bench/textbook.py``, the chapter's TinyGPT loop around the same GPT in plain PyTorch (nn.Dropout,
   SDPA with dropout_p), in its own process;
-* **today**: harness as committed (``git archive HEAD``, i.e. without this working tree's changes), run from a temp
-  folder through ``PYTHONPATH``.
+* **today**: harness as committed (``git archive HEAD``, i.e. without this working tree's changes; ``--baseline REV``
+  for another commit, e.g. the one the performance issue measured), run from a temp folder through ``PYTHONPATH``.
 
 Everything harness-side goes through the real code paths: ``harness run`` (the CLI, tracking on, a fresh SQLite store
 in a temp folder), or ``harness.job.build`` + ``Trainer.fit`` for the loop figure. Before every figure the script
@@ -131,12 +132,12 @@ def quietly(fn: Callable[[], Any], log: Callable[[str], None], what: str) -> Mea
 class Trees:
     """The working tree (``new``) and today's committed harness (``today``), runnable side by side."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, rev: str = "HEAD"):
         self.today = tmp / "today"
         self.today.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "harness"], capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "harness"], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(self.today)], input=archive, check=True)
-        self.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+        self.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
                                      text=True).stdout.strip()
 
     def env(self, tree: str, **extra: str) -> dict[str, str]:
@@ -301,6 +302,42 @@ def child_timed_run(argv: list[str]) -> None:
     sys.exit(rc)
 
 
+def child_compile(argv: list[str]) -> None:
+    """The fusion counterfactual: the textbook model under ``torch.compile`` (Inductor's C++ kernels fuse the
+    elementwise passes, dropout's included) against the same model eager, one step = the textbook loop's step."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(BENCH))
+    import textbook
+
+    torch.manual_seed(0)
+    model = textbook.TinyGPT(65, 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    compiled = torch.compile(model)
+    x, y = torch.randint(0, 65, (32, 64)), torch.randint(0, 65, (32, 64))
+
+    def step(m: Any) -> None:
+        loss = F.cross_entropy(m(x).view(-1, 65), y.view(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def tokens_per_s(m: Any, n: int) -> float:
+        for _ in range(5):
+            step(m)
+        t = time.perf_counter()
+        for _ in range(n):
+            step(m)
+        return n * 32 * 64 / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    step(compiled)
+    first = time.perf_counter() - t
+    print(json.dumps({"compile_s": first, "compiled": tokens_per_s(compiled, 150), "eager": tokens_per_s(model, 150)}))
+
+
 # ----------------------------------------------------------------------------------------------------------- figures
 
 
@@ -308,6 +345,7 @@ def child_timed_run(argv: list[str]) -> None:
 class Report:
     sections: list[str] = field(default_factory=list)
     summary: list[tuple[str, str, str, str]] = field(default_factory=list)  # target, figure, goal, verdict
+    facts: dict[str, float] = field(default_factory=dict)  # figures one section leaves for the gap analysis
 
     def add(self, title: str, body: str) -> None:
         self.sections.append(f"## {title}\n\n{body.strip()}\n")
@@ -454,6 +492,7 @@ def fig_loop(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], q
     rows.append(f"| dropout 0: textbook / harness (this tree) | {m0.value[0]:,.0f} / {m0.value[1]:,.0f} | "
                 f"{m0.value[1] / m0.value[0]:.2f}x | one round |")
     ratio = _med(ratios["harness (this tree)"])
+    rep.facts.update(loop_tb=_med(res["textbook"]), loop_new=_med(res["harness (this tree)"]), loop_new_p0=m0.value[1])
     body = "\n".join(rows) + f"""
 
 Steady-state training tokens/s over steps {10}..{steps} of one process each (the textbook's `get_batch`, forward,
@@ -516,6 +555,8 @@ def fig_process(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None]
             f"{_med([a / t for a, t in zip(auto, tb)]):.2f}x | {', '.join(f'{v:.1f}' for v in auto)} |"]
     wall = phases["wall"]
     steps_s = phases["fit"] - phases["evaluation"] - phases["checkpoints"] - phases.get("metric_flushes", 0.0)
+    rep.facts.update(proc_tb=_med(tb), proc_wall=phases["wall"], proc_steps_s=steps_s, proc_steps=steps,
+                     proc_ratio=r_exist)
     job_rest = phases["cli"] - phases["fit"] - phases["setup"] - phases["finish"]
     prow = ["| phase (one `harness run`, new store) | s | share |", "|---|---:|---:|"]
     for name, v in [("interpreter start and process exit (outside the timers)", phases["before"]),
@@ -605,11 +646,14 @@ took 10 ms of a 23 ms step (1.9 ms in fp32) and ate the whole gain (that was tod
 def fig_sweep(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], quick: bool) -> None:
     over = ["--set", "train.epochs=4"] if quick else []
 
+    fits: dict[str, float] = {}
+
     def one(tree: str, *extra: str) -> tuple[float, str]:
         d = _fresh_dir(tmp, f"sweep-{tree}")
         wall, proc = harness_run(trees, tree, d, LR_SWEEP, *over, *extra)
         table = "\n".join(ln for ln in proc.stdout.splitlines() if re.match(r"^\s*(trial|\d+)\s", ln))
         workers = next((m.group(1) for m in map(re.compile(r"(\d+) workers?,").search, proc.stdout.splitlines()) if m), "?")
+        fits[" ".join((tree, *extra))] = sum(r["fit_s"] for r in _run_figures(d, "lr_sweep", 32 * 64))
         return wall, f"({workers} worker{'s' if workers != '1' else ''})\n{table}"
 
     log("sweep: today")
@@ -619,6 +663,8 @@ def fig_sweep(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], 
     log("sweep: this tree, --workers 1")
     one_w = quietly(lambda: one("new", "--workers", "1"), log, "lr_sweep, this tree, --workers 1")
     ratio = new.value[0] / old.value[0]
+    rep.facts.update(sweep_today=old.value[0], sweep_new=min(new.value[0], one_w.value[0]),
+                     sweep_fit=fits["new --workers 1"], sweep_new_1=one_w.value[0])
     body = f"""| `harness run experiments/lr_sweep.yaml` | wall s | vs today |
 |---|---:|---:|
 | today | {old.value[0]:.1f} | 1.00x |
@@ -685,8 +731,67 @@ speed-up shows in both columns there; the loop figure against the textbook model
     rep.add("6. Existing figures", body)
 
 
+def fig_compile(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], quick: bool) -> None:
+    cache = _fresh_dir(tmp, "inductor-cache")
+
+    def once() -> dict[str, float]:
+        out = subprocess.run([PY, str(Path(__file__)), "--child", "compile"], env=trees.env("new", TORCHINDUCTOR_CACHE_DIR=str(cache)),
+                             capture_output=True, text=True, check=True, timeout=1800)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    log("compile: cold cache, then warm")
+    cold = quietly(once, log, "torch.compile, cold cache")
+    warm = quietly(once, log, "torch.compile, warm cache")
+    rep.facts.update(compile_cold_s=cold.value["compile_s"], compile_warm_s=warm.value["compile_s"],
+                     compile_ratio=_med([cold.value["compiled"] / cold.value["eager"], warm.value["compiled"] / warm.value["eager"]]))
+    body = f"""| textbook model and step (dropout 0.1) | first step (compile) s | tokens/s compiled | tokens/s eager | compiled / eager |
+|---|---:|---:|---:|---:|
+| Inductor cache cold (a first run) | {cold.value['compile_s']:.1f} | {cold.value['compiled']:,.0f} | {cold.value['eager']:,.0f} | {cold.value['compiled'] / cold.value['eager']:.2f}x |
+| Inductor cache warm (any later run) | {warm.value['compile_s']:.1f} | {warm.value['compiled']:,.0f} | {warm.value['eager']:,.0f} | {warm.value['compiled'] / warm.value['eager']:.2f}x |
+
+`torch.compile` of the textbook's model (`bench_perf.py --child compile`; 150 steps each after 5 warm-up steps; others'
+CPU {cold.foreign_cpu:.2f}, {warm.foreign_cpu:.2f}). It is the one tool that fuses the elementwise passes that are left
+(dropout's masks, softmax, GELU, layer norms) on a CPU. Here it does not pay: the compiled step is no faster than
+eager, and compiling costs more than a whole tinygpt run's training.
+"""
+    rep.add("7. Fusing with torch.compile", body)
+
+
+def fig_gap(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], quick: bool) -> None:
+    """No measurement of its own: what targets 3 and 5 would need, from the figures the other sections took."""
+    f = rep.facts
+    lines = []
+    if {"proc_tb", "proc_wall", "proc_steps_s", "loop_new", "loop_new_p0"} <= f.keys():
+        other = f["proc_wall"] - f["proc_steps_s"]
+        need_s = 0.75 * f["proc_tb"] - other
+        have_tok = f["proc_steps"] * 2048 / f["proc_steps_s"]
+        need_tok = f["proc_steps"] * 2048 / need_s if need_s > 0 else float("inf")
+        if need_s <= 0:
+            lines.append(f"**Target 3**: everything but the training steps took {other:.1f} s, more than the "
+                         f"{0.75 * f['proc_tb']:.1f} s the target allows for the whole run.")
+        else:
+            lines.append(f"""**Target 3** (`harness run tinygpt.yaml` at 0.75x the textbook's {f['proc_tb']:.1f} s, i.e. {0.75 * f['proc_tb']:.1f} s):
+everything but the training steps took {other:.1f} s in the phase table (imports, MLflow store and run, set-up, 220
+evaluation batches, checkpoints, plots). That leaves {need_s:.1f} s for {f['proc_steps']} steps: {need_tok:,.0f} training
+tokens/s, {need_tok / have_tok:.2f}x the {have_tok:,.0f} the run reached. The same loop with dropout switched off
+altogether (no masks, flash attention) reaches {f['loop_new_p0']:,.0f} tokens/s against {f['loop_new']:,.0f} with dropout
+0.1 (section 2): {f['loop_new_p0'] / f['loop_new']:.2f}x. The target needs the training steps {need_tok / have_tok:.2f}x faster; deleting dropout's whole cost would make
+them {f['loop_new_p0'] / f['loop_new']:.2f}x faster.""")
+    if {"sweep_today", "sweep_new_1", "sweep_fit"} <= f.keys():
+        other = f["sweep_new_1"] - f["sweep_fit"]
+        need_fit = 0.6 * f["sweep_today"] - other
+        lines.append(f"""**Target 5** (the quick start at 0.6x today's {f['sweep_today']:.1f} s, i.e. {0.6 * f['sweep_today']:.1f} s): with
+`--workers 1` the three trainers (steps and evaluations) took {f['sweep_fit']:.1f} s of {f['sweep_new_1']:.1f} s, the rest
+{other:.1f} s. Meeting the target needs the trainers in {need_fit:.1f} s: {f['sweep_fit'] / need_fit:.2f}x faster.""")
+    if "compile_ratio" in f:
+        lines.append(f"""**Fusion** (section 7): torch.compile runs this step at {f['compile_ratio']:.2f}x eager after {f['compile_cold_s']:.0f} s of
+compiling ({f['compile_warm_s']:.0f} s with a warm cache).""")
+    if lines:
+        rep.add("8. What targets 3 and 5 would need", "\n\n".join(lines))
+
+
 FIGURES = {"contention": fig_contention, "loop": fig_loop, "process": fig_process, "bf16": fig_bf16, "sweep": fig_sweep,
-           "existing": fig_existing}
+           "existing": fig_existing, "compile": fig_compile, "gap": fig_gap}
 
 
 def _machine() -> str:
@@ -699,12 +804,13 @@ def _machine() -> str:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
-        {"trainer": child_trainer, "timed-run": child_timed_run}[argv[1]](argv[2:])
+        {"trainer": child_trainer, "timed-run": child_timed_run, "compile": child_compile}[argv[1]](argv[2:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("figures", nargs="*", help=f"which figures: {', '.join(FIGURES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds: checks the script, not the targets")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
+    ap.add_argument("--baseline", default="HEAD", help="the commit measured as 'today' (default: HEAD)")
     args = ap.parse_args(argv)
     unknown = [f for f in args.figures if f not in FIGURES]
     if unknown:
@@ -718,14 +824,14 @@ def main(argv: list[str]) -> int:
     rep = Report()
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp_name:
         tmp = Path(tmp_name)
-        trees = Trees(tmp)
+        trees = Trees(tmp, args.baseline)
         log(f"baseline 'today': harness at {trees.commit} in {trees.today}")
         for name in names:
             log(f"== {name}")
             FIGURES[name](trees, tmp, rep, log, args.quick)
     head = f"""# Performance figures
 
-Written by `python bench/bench_perf.py{' --quick' if args.quick else ''}{' ' + ' '.join(args.figures) if args.figures else ''}`
+Written by `python bench/bench_perf.py{' --quick' if args.quick else ''}{' --baseline ' + args.baseline if args.baseline != 'HEAD' else ''}{' ' + ' '.join(args.figures) if args.figures else ''}`
 on {time.strftime('%Y-%m-%d %H:%M')} ({(time.time() - t_start) / 60:.0f} min). Machine: {_machine()}.
 Baselines: the textbook loop (`bench/textbook.py`) and today's harness (commit {trees.commit}, the committed code without
 this working tree's changes). How the machine was kept quiet: see the docstring of `bench/bench_perf.py`; the CPU

@@ -53,21 +53,36 @@ class MaskStream:
         """``floor(p * 2**64)``: a draw below it is dropped. ``p * 2**64`` is exact in floating point (a power of two)."""
         return min(int(p * 2.0**64), 2**64 - 1)
 
-    def scaled_keep(self, shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A CPU tensor of ``shape`` holding 0 where an element is dropped and ``1 / (1 - p)`` where it is kept."""
+    def keep(self, shape: tuple[int, ...] | torch.Size, p: float) -> torch.Tensor:
+        """A float32 CPU tensor of ``shape`` holding 0 where an element is dropped and 1 where it is kept."""
         n = math.prod(shape)
         t = self.drop_threshold(p)
         t_hi, t_lo = t >> 56, t & _MASK_56
-        # n random bytes: whole 64-bit words from the generator, viewed as bytes (one draw per 8 elements)
-        top = self.rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)[:n]
-        # byte > t_hi: kept (1); byte <= t_hi: dropped for now (0). Float passes are vectorised, byte compares are not.
-        keep = torch.from_numpy(top).to(torch.float32).sub_(t_hi).clamp_(0.0, 1.0)
-        ties = np.flatnonzero(top == t_hi)  # the top byte equals T's: the low 56 bits decide
-        if ties.size:
+        # one random byte per element: whole 64-bit words from the generator, viewed as bytes (one draw per 8 elements)
+        top = self.rng.bit_generator.random_raw((n + 7) // 8).view(np.uint8)
+        kept = top > t_hi  # decided by the top byte alone, except where it equals T's top byte
+        ties = _ties(top, t_hi, n)
+        if ties.size:  # ties: the low 56 bits decide, drawn for those elements only, in order
             low = self.rng.bit_generator.random_raw(ties.size) & np.uint64(_MASK_56)
-            kept_ties = ties[low >= np.uint64(t_lo)]
-            keep[torch.from_numpy(kept_ties)] = 1.0
-        return keep.mul_(1.0 / (1.0 - p)).view(shape).to(dtype)
+            kept[ties[low >= np.uint64(t_lo)]] = True
+        # bytes to floats (0 or 1); torch converts uint8 to float32 vectorised, but bool 5x slower
+        return torch.from_numpy(kept[:n].view(np.uint8)).to(torch.float32).view(shape)
+
+    def scaled_keep(self, shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A CPU tensor of ``shape`` holding 0 where an element is dropped and ``1 / (1 - p)`` where it is kept."""
+        return self.keep(shape, p).mul_(1.0 / (1.0 - p)).to(dtype)
+
+
+def _ties(top: np.ndarray, t_hi: int, n: int) -> np.ndarray:
+    """Ascending positions below ``n`` where the byte array ``top`` (whole 8-byte words) equals ``t_hi``.
+
+    About one byte in 256 ties, so about one word in 32 holds one: finding those words first (8 flags read as one
+    word) and then the bytes inside them scans 8x fewer elements than np.flatnonzero over every byte."""
+    eq = top == t_hi
+    words = np.flatnonzero(eq.view(np.uint64) != 0)
+    inside = np.flatnonzero(eq.reshape(-1, 8)[words])  # row-major over (word, byte): ascending positions
+    ties = words[inside >> 3] * 8 + (inside & 7)
+    return ties[: np.searchsorted(ties, n)]
 
 
 class Dropout(nn.Module):
@@ -140,10 +155,13 @@ class CausalSelfAttention(nn.Module):
         """Attention with dropout on the probabilities, as SDPA's reference path computes it, but with a mask from the
         model's stream. (B, T, 3, H, hs) -> (B, H, T, hs)."""
         B, T, _, H, hs = qkv.shape
+        # unbind, not indexing: its backward writes the three gradients into one (B, T, 3, H, hs) buffer, where three
+        # selects would each fill a zero buffer of that size and add them up.
+        q, k, v = qkv.unbind(2)  # (B, T, H, hs) each
         # Batched matmuls want contiguous operands: q and v as (B*H, T, hs), k already transposed as (B*H, hs, T).
-        q = qkv[:, :, 0].transpose(1, 2).reshape(B * H, T, hs)
-        k_t = qkv[:, :, 1].permute(0, 2, 3, 1).reshape(B * H, hs, T)
-        v = qkv[:, :, 2].transpose(1, 2).reshape(B * H, T, hs)
+        q = q.transpose(1, 2).reshape(B * H, T, hs)
+        k_t = k.permute(0, 2, 3, 1).reshape(B * H, hs, T)
+        v = v.transpose(1, 2).reshape(B * H, T, hs)
         # scores = q k^T / sqrt(hs) + causal bias (0 on and below the diagonal, -inf above), one fused op: (B*H, T, T)
         att = torch.baddbmm(self._bias(T, q.dtype, q.device), q, k_t, alpha=1.0 / math.sqrt(hs))
         att = self.attn_drop(att.softmax(dim=-1))  # every row keeps its diagonal, so no row is all -inf

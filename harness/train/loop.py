@@ -266,7 +266,12 @@ class Trainer:
             return
         loss.backward()
         clip = self.spec.clip_grad_norm
-        norm_value = torch.nn.utils.clip_grad_norm_(self._params, max_norm=clip if clip is not None else float("inf")).item()
+        # the global gradient norm is logged either way; scaling the gradients is skipped when nothing clips
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, clip, norm, foreach=True)
+        norm_value = norm.item()
         if not math.isfinite(norm_value):  # never apply a non-finite update
             self._diverged(out, lr, loss_value, norm_value, f"gradient norm became {norm_value} at step {self.step}")
             return

@@ -19,11 +19,14 @@ def make_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optim
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach: one multi-tensor kernel per operation instead of a Python loop over the parameters. torch picks it on
+    # CUDA by itself but not on the CPU, where it makes AdamW's step 1.5x faster with bit-identical results.
+    # (fused=True would be 4x faster still, but it rounds differently and would move every figure in the README.)
     if opt.name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, foreach=True)
     if opt.name == "adam":
-        return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
-    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+        return torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, foreach=True)
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, foreach=True)
 
 
 def lr_lambda(spec: TrainSpec, total_steps: int) -> Callable[[int], float]:

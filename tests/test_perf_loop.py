@@ -1,5 +1,6 @@
 """The loop's speed changes keep the numbers bit-identical: the multi-tensor optimizers against torch's per-parameter
-loop, the word-wise tie search of the mask stream against a plain scan, and the attention's unbind against indexing."""
+loop, the word-wise tie search of the mask stream against a plain scan, and the attention's unbind against indexing.
+(Clipping only when a clip is set: tests/test_trainer_units.py.)"""
 
 from __future__ import annotations
 
@@ -100,20 +101,3 @@ def test_attention_gradients_match_indexing_q_k_v():
     slow = [x.grad] + [p.grad for p in attn.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
 
-
-@pytest.mark.parametrize("clip", [None, 1.0, 1e6])
-def test_clipping_matches_clip_grad_norm(clip):
-    # the trainer computes the norm once (multi-tensor) and scales only when a clip is set; torch's clip_grad_norm_
-    # with an infinite max_norm (no clipping) must give the same norm, and the same gradients when clipping
-    gen = torch.Generator().manual_seed(3)
-    a, b = _model(), _model()
-    for p, q in zip(a.parameters(), b.parameters()):
-        p.grad = torch.randn(p.shape, generator=gen) * 3
-        q.grad = p.grad.clone()
-    ref = torch.nn.utils.clip_grad_norm_(list(b.parameters()), clip if clip is not None else float("inf"))
-    params = list(a.parameters())
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    if clip is not None:
-        torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
-    assert torch.equal(norm, ref)
-    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))

@@ -153,6 +153,21 @@ def test_no_clip_never_flags(tmp_path, tiny_spec_dict):
     assert steps.events[0].grad_norm == pytest.approx(_first_grad_norm(tiny_spec_dict), rel=1e-5)
 
 
+def test_no_clip_trains_exactly_like_a_clip_that_never_bites(tmp_path, tiny_spec_dict):
+    # without a clip the trainer only computes the norm; with a clip far above every norm it also rescales by 1.0.
+    # Both must log the same norms and losses and end with bit-identical weights.
+    runs = []
+    for name, clip in (("none", None), ("huge", 1.0e9)):
+        tiny_spec_dict["train"]["clip_grad_norm"] = clip
+        steps = _Collect()
+        trainer = _build(tiny_spec_dict, tmp_path / name, [steps])
+        trainer.fit()
+        runs.append(([(e.loss, e.grad_norm) for e in steps.events], [p.detach().clone() for p in trainer.model.parameters()]))
+    (events_a, weights_a), (events_b, weights_b) = runs
+    assert events_a == events_b and len(events_a) == 6
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
+
+
 def test_clipping_limits_the_update(tmp_path, tiny_spec_dict):
     # plain SGD: the update is exactly lr * clipped gradient, so its norm is lr * clip
     tiny_spec_dict["train"].update(max_steps=1, clip_grad_norm=1.0e-3, optimizer={"name": "sgd", "lr": 1.0})

@@ -5,7 +5,8 @@ The model is the architecture harness trains (pre-LN blocks, one qkv projection,
 the plain PyTorch idiom: ``nn.Dropout`` and ``F.scaled_dot_product_attention(dropout_p=...)``. It is harness's own
 model as it was before the speed work, frozen here so that a faster ``harness.model`` never speeds up the baseline.
 The loop: a random-window ``get_batch`` per step, forward, cross-entropy, ``zero_grad``, backward, clip at 1.0,
-AdamW step, and one validation batch every ``eval_every`` steps, printed.
+AdamW step, and one validation batch every ``eval_every`` steps, printed (or, with ``--eval-batches K``, chapter 002's
+estimate_loss: the mean over K batches of each split).
 
     python bench/textbook.py --steps 500                     # the chapter's run on the full sonnets; prints a JSON line
     python bench/textbook.py --steps 500 --corpus hamlet ...  # any shakespeare work
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-bias", action="store_true")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-batches", type=int, default=0,
+                    help="0: the chapter's one val batch; K: chapter 002's estimate_loss, K batches of each split")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--warmup", type=int, default=10, help="steps left out of the steady-state tokens/s")
@@ -165,8 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.eval_every and step % args.eval_every == 0:
             model.eval()
             with torch.no_grad():
-                vx, vy = get_batch("val")
-                vloss = loss_fn(model(vx), vy).item()
+                if args.eval_batches:  # estimate_loss: the mean over K batches of each split
+                    for split in ("train", "val"):
+                        mean = sum(loss_fn(model(bx), by).item() for bx, by in (get_batch(split) for _ in range(args.eval_batches)))
+                        vloss = mean / args.eval_batches
+                else:
+                    vx, vy = get_batch("val")
+                    vloss = loss_fn(model(vx), vy).item()
             if not args.quiet:
                 print(f"step {step:04d} | train loss {loss.item():.3f} | val loss {vloss:.3f}", file=sys.stderr)
     end = time.perf_counter()

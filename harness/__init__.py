@@ -3,6 +3,7 @@
 The package tree is the architecture; each layer imports only the layers above it in this list:
 
 * ``errors``: the exceptions that reach the user as a message and exit code 2;
+* ``collector``: Python's garbage collector paused while a process starts up (imports), resumed for training;
 * ``spec``: the typed spec, its YAML loading and ``--set`` overrides (no torch);
 * ``data``: corpora, tokenizers, the train/val split, batches, and the spec checks that need the data;
 * ``model``: the GPT;

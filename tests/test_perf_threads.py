@@ -149,7 +149,8 @@ def test_auto_workers(tiny_spec_dict):
     tiny_spec_dict["model"] = {"d_model": 64, "n_heads": 4, "n_layers": 4, "d_ff": 256}
     tiny_spec_dict["data"]["seq_len"] = 16
     assert auto_workers(_sweep_spec(tiny_spec_dict), 3, cpus=2) == 1  # 6 steps: not worth a worker's start-up
-    assert auto_workers(_sweep_spec(tiny_spec_dict, max_steps=20000), 3, cpus=2) == 1  # ~30 s a trial: still not
+    assert auto_workers(_sweep_spec(tiny_spec_dict, max_steps=2000), 3, cpus=2) == 1  # ~3 s a trial: still not
+    assert auto_workers(_sweep_spec(tiny_spec_dict, max_steps=20000), 3, cpus=2) == 3  # ~30 s a trial: worth it
     long = _sweep_spec(tiny_spec_dict, max_steps=200000)
     assert auto_workers(long, 3, cpus=2) == 3
     assert auto_workers(long, 1, cpus=2) == 1  # one trial

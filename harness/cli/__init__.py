@@ -13,6 +13,7 @@ import os
 import traceback
 from collections.abc import Sequence
 
+from harness import collector
 from harness.cli import generate, info, results, run, serve
 from harness.cli.output import print_err
 from harness.errors import HarnessError
@@ -34,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code. As the ``harness`` script (no ``argv``), the process ends right
     after: see :func:`_before_exit`."""
-    code = _main(argv)
+    if argv is None:
+        collector.pause()  # start-up's imports: see harness.collector; the job resumes it before training
+    try:
+        code = _main(argv)
+    finally:
+        collector.resume()  # a command that never reached training (validate, a failed set-up, a sweep's parent)
     if argv is None:
         _before_exit()
     return code

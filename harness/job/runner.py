@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from harness import collector
 from harness.data.checks import validate_data
 from harness.errors import UsageError
 from harness.job.build import Built, build, load_source, step_cap
@@ -157,6 +158,7 @@ def _train(spec: Spec, tracker: MlflowTracker, built: Built, *, resumed_from: st
     """Train, and whatever happens, end the MLflow run with a status and a stop_reason."""
     from harness.train.checkpoint import CheckpointError
 
+    collector.resume()  # start-up is over: see harness.collector
     try:
         result = built.trainer.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once

@@ -18,7 +18,7 @@ from harness.sweep.report import SweepResult, fail_parent, finalize
 from harness.sweep.storage import storage_url
 from harness.sweep.study import open_study, total_trials
 from harness.sweep.trial import TrialSettings
-from harness.sweep.worker import WorkerPlan, run_workers, work
+from harness.sweep.worker import WorkerPlan, run_workers, start_workers_early, work
 from harness.testing import faults
 from harness.tracking import check_store, tracking_uri
 from harness.tracking.liveness import reap_stale_runs
@@ -74,6 +74,8 @@ def run_sweep(
     name = study_name or spec.name
     url = storage_url(storage or sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
     reap_stale_runs(client_for(uri))
+    if (asked or auto_workers(spec, total)) > 1:
+        start_workers_early()  # their imports, on another CPU, while the study and the parent run are set up
     opened = open_study(spec, name=name, url=url, fresh=fresh, uri=uri, total=total)
     n_workers = asked or auto_workers(spec, _trials_left(opened.study, total))
     if on_start is not None:
@@ -107,11 +109,11 @@ def run_sweep(
 # d_model 128, 1.2 GFLOP) the tokens/s of one 2-thread process: small ops do not split well over threads, and each
 # process's serial parts (Python, the dropout masks, the optimizer's per-tensor loop) then run side by side. Bigger
 # matmuls split well, so the gain fades with size; past SMALL_STEP_FLOPS one process keeps the machine.
-# A worker process also costs about 5 s (spawn, imports, exit) that the in-process worker does not pay, and the gain
-# is only ~12 % of the training time: on the quick start (3 trials of ~21 s) 3 workers took 71-74 s and 1 worker 70-77 s
-# in the same runs. So workers only for trials long enough to repay that.
+# Workers are forked from a server that imported torch, MLflow and harness once (harness.sweep.preload), on another
+# CPU while the study opens, so a worker starts in milliseconds (spawned, each paid ~5 s of imports). The quick start
+# (3 trials of ~22 s at 2 threads): 3 workers 60-64 s, 1 worker 74 s. Only trials of a few seconds stay in-process.
 SMALL_STEP_FLOPS = 8e9  # forward FLOPs per optimizer step (2 x parameters x tokens)
-MIN_TRIAL_S = 60.0  # estimated training time of one trial; shorter trials run one after another in this process
+MIN_TRIAL_S = 10.0  # estimated training time of one trial; shorter trials run one after another in this process
 _CPU_FLOPS = 50e9  # training FLOP/s assumed for that estimate (the two models above reach 60-100 GFLOP/s here)
 
 

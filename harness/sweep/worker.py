@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from harness import collector
 from harness.errors import HarnessError
 from harness.spec import Spec, spec_from_dict
 from harness.sweep.storage import GRACE_S, HEARTBEAT_S, MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, retried_numbers, study_lock
@@ -30,7 +31,7 @@ from harness.tracking import client_for
 from harness.tracking.liveness import mark_run_crashed, pid_alive
 from harness.train.events import StopReason
 
-__all__ = ["WorkerPlan", "run_workers", "work"]
+__all__ = ["WorkerPlan", "run_workers", "start_workers_early", "work"]
 
 GRID_POINT = "harness.grid_point"  # the user attribute that says which grid point a trial was queued for
 
@@ -44,6 +45,10 @@ class WorkerPlan:
     total: int  # trials the study runs in all
     deadline: float | None  # stop taking trials after this time (time.time())
     trials: TrialSettings
+    # The driver's environment and working folder: a worker forked by a forkserver started earlier (by an earlier
+    # sweep in the same process) would otherwise keep the ones the forkserver started with.
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    cwd: str = field(default_factory=os.getcwd)
 
 
 def work(plan: WorkerPlan) -> int:
@@ -214,9 +219,14 @@ def _dead(t: Any, host: str) -> bool:
 
 
 def _worker_entry(plan: WorkerPlan) -> None:
-    """A spawned worker process. It leaves the terminal's process group, so a Ctrl-C reaches it once, forwarded by
-    the parent (a second would mean "stop at once, no checkpoint"). A problem the user can fix is said in one line."""
+    """A worker process. It leaves the terminal's process group, so a Ctrl-C reaches it once, forwarded by the parent
+    (a second would mean "stop at once, no checkpoint"). A problem the user can fix is said in one line."""
     os.setpgid(0, 0)
+    collector.pause()  # spawned (no forkserver): its start-up imports, as in the harness command
+    if os.environ != plan.env:
+        os.environ.clear()
+        os.environ.update(plan.env)
+    os.chdir(plan.cwd)
     try:
         code = work(plan)
     except KeyboardInterrupt:
@@ -227,9 +237,32 @@ def _worker_entry(plan: WorkerPlan) -> None:
     raise SystemExit(code)
 
 
+PRELOAD = "harness.sweep.preload"
+
+
+def _context() -> Any:
+    """Workers are forked by a forkserver that has imported :mod:`harness.sweep.preload` where the platform has one
+    (Linux, macOS); elsewhere each is spawned. Never plain fork: the driver holds store connections and may have
+    started torch's threads."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([PRELOAD])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def start_workers_early() -> None:
+    """Start the forkserver now, so that its imports run on another CPU while this process opens the study; the first
+    worker would otherwise wait for them. Nothing to do without a forkserver, or when it already runs."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def run_workers(plan: WorkerPlan, n: int) -> int | None:
     """Run ``n`` worker processes to the end; returns the signal that interrupted them, if one did."""
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     procs = [ctx.Process(target=_worker_entry, args=(plan,), name=f"harness-worker-{i}") for i in range(n)]
     for p in procs:
         p.start()

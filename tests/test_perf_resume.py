@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 
 from harness.data.batches import eval_batches, make_batches
@@ -52,8 +53,10 @@ def _stop_at(step: int):
     return cb
 
 
-def test_resume_with_dropout_is_bit_identical(tmp_path, tiny_spec_dict):
+@pytest.mark.parametrize("implementation", ["auto", "fused"])
+def test_resume_with_dropout_is_bit_identical(tmp_path, tiny_spec_dict, implementation):
     spec = _spec(tiny_spec_dict)
+    spec["train"]["optimizer"]["implementation"] = implementation  # the fused optimizers' state resumes exactly too
     full = _Losses()
     _trainer(spec, tmp_path / "full", [full]).fit()
     assert len(full.values) == 14

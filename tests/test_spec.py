@@ -113,6 +113,7 @@ def test_unknown_sweep_param_path_suggests(tmp_path, tiny_spec_dict, write_spec)
         (("model",), "dropout", "lots", "model.dropout", "valid number"),
         (("data",), "sampling", "sliding", "data.sampling", "'windows', 'random' or 'documents'"),
         (("train", "optimizer"), "name", "adamm", "train.optimizer.name", "'adamw', 'adam' or 'sgd'"),
+        (("train", "optimizer"), "implementation", "fast", "train.optimizer.implementation", "'auto', 'foreach' or 'fused'"),
         (("data",), "tokenizer", "bpe", "data.tokenizer.kind", "'char' or 'tiktoken'"),
     ],
 )

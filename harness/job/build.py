@@ -46,6 +46,7 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
     from harness.model import GPT
     from harness.train import Trainer, resolve_device, seed_everything
     from harness.train.freezing import freeze, trainable_count
+    from harness.train.optim import resolve_implementation
     from harness.train.runtime import ThreadGovernor, keep_freed_memory
 
     device = resolve_device(spec.train.device)
@@ -81,7 +82,8 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
                       step_cap=step_cap(), dist=dist)
     facts = {**data.facts, "n_parameters": model.num_parameters(), "trainable_parameters": trainable_count(model),
              "tokens_per_step": spec.train.batch_size * spec.data.seq_len, "steps_per_epoch": data.batches.steps_per_epoch,
-             "total_steps": trainer.total_steps, "precision": trainer.precision}  # precision: what `auto` resolved to here
+             "total_steps": trainer.total_steps, "precision": trainer.precision,  # precision, optimizer: what `auto` resolved to here
+             "optimizer_implementation": resolve_implementation(spec.train.optimizer.implementation, device)}
     if dist is not None:
         facts.update(world_size=dist.world_size, batch_size_per_rank=dist.per_rank_batch(spec.train.batch_size))
     if progress is not None and hasattr(progress, "set_total"):

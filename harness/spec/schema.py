@@ -151,6 +151,10 @@ class OptimizerSpec(_Model):
     )
     eps: float = Field(1e-8, gt=0.0, le=1.0, description="Adam denominator epsilon")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (sgd only)")
+    implementation: Literal["auto", "foreach", "fused"] = Field(
+        "auto", description="torch's update kernels: foreach, or fused (faster, rounds differently); auto: fused on "
+        "CUDA, foreach elsewhere (the README's CPU figures are foreach's)"
+    )
 
 
 class ScheduleSpec(_Model):

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -773,7 +774,7 @@ def fig_existing(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None
     def startup(tree: str) -> tuple[float, float]:
         d = _fresh_dir(tmp, f"startup-{tree}")
         out = []
-        for args in (["--help"], ["validate", str(TINYGPT)]):
+        for args in (["--help"], ["validate", str(trees.spec(tree, TINYGPT))]):
             ts = []
             for _ in range(3):
                 t = time.perf_counter()
@@ -888,13 +889,20 @@ def main(argv: list[str]) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     rep = Report()
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp_name:
         tmp = Path(tmp_name)
         trees = Trees(tmp, args.baseline)
         log(f"baseline 'today': harness at {trees.commit} in {trees.today}")
         for name in names:
             log(f"== {name}")
-            FIGURES[name](trees, tmp, rep, log, args.quick)
+            try:
+                FIGURES[name](trees, tmp, rep, log, args.quick)
+            except Exception as exc:  # the figures measured so far are still written; this one says why it is missing
+                log(f"{name} failed: {exc!r}")
+                failed.append(name)
+                rep.add(f"{name}: not measured", f"The figure failed in this run:\n\n```\n{traceback.format_exc()[-3000:]}\n```\n")
+                rep.verdict(f"{name}", "failed in this run", "-", None)
     head = f"""# Performance figures
 
 Written by `python bench/bench_perf.py{' --quick' if args.quick else ''}{' --baseline ' + args.baseline if args.baseline != 'HEAD' else ''}{' ' + ' '.join(args.figures) if args.figures else ''}`
@@ -910,8 +918,8 @@ other processes used during each figure is given with it.
     if args.figures and args.out.exists() and not args.quick:
         text += "\n<!-- partial run: other sections were not measured in this run -->\n"
     args.out.write_text(text, encoding="utf-8")
-    log(f"wrote {args.out}")
-    return 0
+    log(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -30,13 +30,7 @@ def test_optimizer_step_is_bit_identical_to_the_per_parameter_loop(name):
     opt = make_optimizer(fast, spec)
     assert all(group["foreach"] for group in opt.param_groups)
     ref = type(opt)(_groups_like(opt, fast, slow), foreach=False)  # the same groups, torch's per-parameter loop
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(5):
-        grads = [torch.randn(p.shape, generator=gen) for p in fast.parameters()]
-        for model, o in ((fast, opt), (slow, ref)):
-            for p, g in zip(model.parameters(), grads):
-                p.grad = g.clone()
-            o.step()
+    _step_with_the_same_gradients([(fast, opt), (slow, ref)], steps=5)
     for a, b in zip(fast.parameters(), slow.parameters()):
         assert torch.equal(a, b)
 
@@ -51,13 +45,7 @@ def test_fused_optimizers_agree_with_foreach_to_float_rounding(name):
                                                         "optimizer": {**settings, "implementation": "fused"}}))
     assert all(g["foreach"] and not g["fused"] for g in foreach.param_groups)  # auto on the CPU
     assert all(g["fused"] and not g["foreach"] for g in fused.param_groups)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        grads = [torch.randn(p.shape, generator=gen) for p in a.parameters()]
-        for model, o in ((a, foreach), (b, fused)):
-            for p, g in zip(model.parameters(), grads):
-                p.grad = g.clone()
-            o.step()
+    _step_with_the_same_gradients([(a, foreach), (b, fused)], steps=20)
     for x, y in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
@@ -68,6 +56,17 @@ def test_auto_is_fused_on_cuda_and_foreach_elsewhere():
     assert resolve_implementation("auto", torch.device("mps")) == "foreach"
     assert resolve_implementation("fused", torch.device("cpu")) == "fused"
     assert resolve_implementation("foreach", torch.device("cuda")) == "foreach"
+
+
+def _step_with_the_same_gradients(twins: list[tuple[GPT, torch.optim.Optimizer]], *, steps: int) -> None:
+    """``steps`` optimizer steps on each (model, optimizer), every model given the same random gradients."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        grads = [torch.randn(p.shape, generator=gen) for p in twins[0][0].parameters()]
+        for model, opt in twins:
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
 
 
 def _groups_like(opt: torch.optim.Optimizer, model: GPT, twin: GPT) -> list[dict]:

@@ -1,7 +1,7 @@
 """Speed figures for the performance issue, each measured side by side with its baseline in one run, written to
 bench/RESULTS.md.
 
-    python bench/bench_perf.py                      # everything (about 30 minutes on 2 cores)
+    python bench/bench_perf.py                      # everything (about 45 minutes on 2 cores)
     python bench/bench_perf.py loop bf16            # some: contention loop process bf16 sweep existing compile gap
     python bench/bench_perf.py --baseline bd5cd22   # "today" = the commit the performance issue measured
     python bench/bench_perf.py --quick              # fewer steps and repetitions: a smoke test of the script
@@ -292,7 +292,10 @@ def _use_torch_dropout_stream() -> None:
 
 
 def child_timed_run(argv: list[str]) -> None:
-    """``harness run`` in this process with timers around its phases (wrapping the real functions, not copies)."""
+    """``harness run`` in this process with timers around its phases (wrapping the real functions, not copies).
+
+    Nothing heavy is imported before the command starts, so the command forks its tracking helper as it does when
+    started as ``harness`` (harness.tracking.remote): torch and MLflow imports are timed inside the phases."""
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     import gc
@@ -311,44 +314,53 @@ def child_timed_run(argv: list[str]) -> None:
 
     gc.callbacks.append(gc_timer)
 
-    def timed(owner: Any, name: str, key: str) -> None:
+    def timed(owner: Any, name: str, key: str, *, first: bool = False) -> None:
         fn = getattr(owner, name)
 
         def wrapper(*a: Any, **k: Any) -> Any:
             t = time.perf_counter()
+            times.setdefault(f"{key}_at", t - t0)
             try:
                 return fn(*a, **k)
             finally:
-                times[key] = times.get(key, 0.0) + time.perf_counter() - t
+                if not first or key not in times:
+                    times[key] = times.get(key, 0.0) + time.perf_counter() - t
 
         setattr(owner, name, wrapper)
 
     import harness.cli
-
-    import mlflow  # noqa: F401  (imported by every run; counted as start-up here)
-    import torch  # noqa: F401
-
-    t_imports = time.perf_counter() - t0
     import harness.job.finish as finish
     import harness.job.runner as runner
-    from harness.tracking import tracker as trk
-    from harness.train.loop import Trainer
+    from harness.tracking import remote
 
+    t_imports = time.perf_counter() - t0
+    build = runner.build
+
+    def build_then_time_trainer(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        built = build(*a, **k)
+        times["build"] = time.perf_counter() - t
+        trainer = type(built.trainer)  # torch is imported by now: time the trainer's phases from here on
+        timed(trainer, "fit", "fit")
+        timed(trainer, "evaluate", "evaluation")
+        timed(trainer, "_save", "checkpoints")
+        return built
+
+    runner.build = build_then_time_trainer
     timed(runner, "_set_up", "setup")
-    timed(Trainer, "fit", "fit")
-    timed(Trainer, "evaluate", "evaluation")
-    timed(Trainer, "_save", "checkpoints")
-    timed(trk.MlflowTracker, "flush", "metric_flushes")
+    timed(remote.RemoteTracker, "_run_info", "helper_wait", first=True)
+    timed(remote.RemoteTracker, "flush", "metric_flushes")
     timed(runner, "finish", "finish")
-    timed(finish, "_log_plots", "plots")
     timed(finish, "sample_text", "sample")
+    timed(remote.TrackingProcess, "close", "close")
     t_main = time.perf_counter()
     try:
         rc = harness.cli.main(["run", *argv, "-q"])
     finally:
         collector.resume()
     t_end = time.perf_counter()
-    times.update(imports=t_imports, cli=t_end - t_main, rc=rc, in_process=t_end - t0)
+    times.update(imports=t_imports, cli=t_end - t_main, rc=rc, in_process=t_end - t0, main_at=t_main - t0,
+                 helper="mlflow" not in sys.modules)
     sys.stderr.write("TIMES " + json.dumps(times) + "\n")
     sys.stderr.flush()
     harness.cli._before_exit()  # as the `harness` script ends
@@ -584,13 +596,16 @@ def fig_process(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None]
     def harness_foreach(store: Path) -> float:  # the spec asks for the fused AdamW; this is the default kernel's figure
         return harness_run(trees, "new", store, TINYGPT, "-q", *over, "--set", "train.optimizer.implementation=foreach")[0]
 
+    def harness_in_process(store: Path) -> float:  # MLflow in the training process, as before the tracking helper
+        return harness_run(trees, "new", store, TINYGPT, "-q", *over, env_extra={"HARNESS_TRACKING_PROCESS": "0"})[0]
+
     warm = _fresh_dir(tmp, "proc-warm-store")
     harness_run(trees, "new", warm, TINYGPT, "-q", "--set", "train.max_steps=2", "--set", "train.eval.every_steps=1000")
     rounds = []
     for i in range(pairs):
         log(f"process: round {i + 1}/{pairs}")
         m = quietly(lambda: (textbook(), harness("new"), harness("new", warm), harness("today"), harness_auto(warm),
-                             textbook(10), harness_foreach(warm)), log, f"round {i + 1}")
+                             textbook(10), harness_foreach(warm), harness_in_process(warm)), log, f"round {i + 1}")
         rounds.append(m)
     tb = [r.value[0] for r in rounds]
     fresh = [r.value[1] for r in rounds]
@@ -599,6 +614,7 @@ def fig_process(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None]
     auto = [r.value[4] for r in rounds]
     tb_same = [r.value[5] for r in rounds]
     foreach = [r.value[6] for r in rounds]
+    in_process = [r.value[7] for r in rounds]
     log("process: phases")
     d = _fresh_dir(tmp, "proc-phases")
     phases = quietly(lambda: _phases(trees, d, over), log, "phases").value
@@ -611,6 +627,8 @@ def fig_process(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None]
             f"| the same, existing store | {_med(existing):.1f} | **{r_exist:.2f}x** | {', '.join(f'{v:.1f}' for v in existing)} |",
             f"| the same with the default AdamW kernel (`--set train.optimizer.implementation=foreach`), existing store | "
             f"{_med(foreach):.1f} | {_med([f / t for f, t in zip(foreach, tb)]):.2f}x | {', '.join(f'{v:.1f}' for v in foreach)} |",
+            f"| the same with MLflow in the training process (`HARNESS_TRACKING_PROCESS=0`), existing store | "
+            f"{_med(in_process):.1f} | {_med([p / t for p, t in zip(in_process, tb)]):.2f}x | {', '.join(f'{v:.1f}' for v in in_process)} |",
             f"| today's `harness run`, new store | {_med(today):.1f} | {r_today:.2f}x | {', '.join(f'{v:.1f}' for v in today)} |",
             f"| `harness run ... --set train.precision=auto` (bf16 on this CPU), existing store | {_med(auto):.1f} | "
             f"{_med([a / t for a, t in zip(auto, tb)]):.2f}x | {', '.join(f'{v:.1f}' for v in auto)} |",
@@ -620,24 +638,27 @@ def fig_process(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None]
     wall = phases["wall"]
     steps_s = phases["fit"] - phases["evaluation"] - phases["checkpoints"] - phases.get("metric_flushes", 0.0)
     rep.facts.update(proc_tb=_med(tb), proc_existing=_med(existing), proc_fresh=_med(fresh), proc_steps_s=steps_s)
-    job_rest = phases["cli"] - phases["fit"] - phases["setup"] - phases["finish"]
+    before_setup = phases["imports"] + phases["setup_at"] - phases["main_at"]
+    between = phases["cli"] - (phases["setup_at"] - phases["main_at"]) - phases["setup"] - phases["fit"] - phases["finish"] - phases.get("close", 0.0)
     prow = ["| phase (one `harness run`, new store) | s | share |", "|---|---:|---:|"]
     for name, v in [("interpreter start and process exit (outside the timers)", phases["before"]),
-                    ("imports (torch, MLflow, harness)", phases["imports"]),
-                    ("store checks, run creation, data checks (before setup)", job_rest),
-                    ("setup: data, model, trainer (the optimizer imports torch._dynamo), params, tags, artifacts", phases["setup"]),
+                    ("start-up: imports (torch, harness), the spec, data and device checks; the tracking helper forked", before_setup),
+                    ("set-up: data, model, trainer (the optimizer imports torch._dynamo)", phases["build"]),
+                    ("set-up: waiting for the tracking helper (MLflow's import, store checks, the run)", phases.get("helper_wait", 0.0)),
+                    ("set-up: params, tags, artifacts", phases["setup"] - phases["build"] - phases.get("helper_wait", 0.0)),
                     ("training steps", steps_s), ("evaluation (11 x 10+10 batches)", phases["evaluation"]),
                     ("checkpoints (best, last, periodic)", phases["checkpoints"]),
-                    ("metric flushes to MLflow", phases.get("metric_flushes", 0.0)),
-                    ("finish: plots", phases.get("plots", 0.0)), ("finish: text sample", phases.get("sample", 0.0)),
-                    ("finish: the rest (summary, tags, uploads, end)", phases["finish"] - phases.get("plots", 0) - phases.get("sample", 0))]:
+                    ("metric flushes (to the helper, which writes them)", phases.get("metric_flushes", 0.0)),
+                    ("finish: text sample (here, while the helper draws the plots)", phases.get("sample", 0.0)),
+                    ("finish: waiting for the plots; summary, tags, end", phases["finish"] - phases.get("sample", 0)),
+                    ("closing the helper; the rest", phases.get("close", 0.0) + between)]:
         prow.append(f"| {name} | {v:.2f} | {100 * v / wall:.0f} % |")
     prow.append(f"| **wall** | **{wall:.2f}** | |")
     body = "\n".join(rows) + "\n\n" + "\n".join(prow) + f"""
 
 Whole processes, started by this script and timed from launch to exit, {pairs} rounds alternating textbook, harness
-(new store), harness (existing store), today's harness, harness bf16, the textbook evaluating as the spec does and
-harness with the default AdamW kernel; others' CPU: {', '.join(f'{r.foreign_cpu:.2f}' for r in rounds)}.
+(new store), harness (existing store), today's harness, harness bf16, the textbook evaluating as the spec does,
+harness with the default AdamW kernel and harness with MLflow in-process; others' CPU: {', '.join(f'{r.foreign_cpu:.2f}' for r in rounds)}.
 `tinygpt.yaml` asks for torch's fused AdamW (`optimizer.implementation: fused`): the same update in one kernel, rounded
 differently (no printed digit of the run moves); the default, foreach, gives the row below it. The verdict compares with the chapter's loop as written
 (one val batch every 50 steps), while `tinygpt.yaml` evaluates 10 train + 10 val batches every 50 steps (220 forward
@@ -726,31 +747,37 @@ def fig_sweep(trees: Trees, tmp: Path, rep: Report, log: Callable[[str], None], 
         fits[" ".join((tree, *extra))] = sum(r["fit_s"] for r in _run_figures(d, "lr_sweep", 32 * 64))
         return wall, f"({workers} worker{'s' if workers != '1' else ''})\n{table}"
 
-    log("sweep: today")
-    old = quietly(lambda: one("today"), log, "lr_sweep, today")
-    log("sweep: this tree (workers chosen automatically)")
-    new = quietly(lambda: one("new"), log, "lr_sweep, this tree")
+    rounds = 1 if quick else 3
+    pairs = []
+    for i in range(rounds):  # alternated, as the other figures: the machine's speed drifts between minutes
+        log(f"sweep: round {i + 1}/{rounds}: today, then this tree (workers chosen automatically)")
+        pairs.append(quietly(lambda: (one("today"), one("new")), log, f"lr_sweep round {i + 1}"))
     log("sweep: this tree, --workers 1")
     one_w = quietly(lambda: one("new", "--workers", "1"), log, "lr_sweep, this tree, --workers 1")
-    ratio = new.value[0] / old.value[0]
-    rep.facts.update(sweep_today=old.value[0], sweep_new=new.value[0],
+    old_s = [p.value[0][0] for p in pairs]
+    new_s = [p.value[1][0] for p in pairs]
+    ratios = [n / o for n, o in zip(new_s, old_s)]
+    ratio = _med(ratios)
+    rep.facts.update(sweep_today=_med(old_s), sweep_new=_med(new_s),
                      sweep_fit=fits["new --workers 1"], sweep_new_1=one_w.value[0])
-    body = f"""| `harness run experiments/lr_sweep.yaml` | wall s | vs today |
-|---|---:|---:|
-| today | {old.value[0]:.1f} | 1.00x |
-| this tree (workers chosen: see below) | {new.value[0]:.1f} | **{ratio:.2f}x** |
-| this tree, `--workers 1` | {one_w.value[0]:.1f} | {one_w.value[0] / old.value[0]:.2f}x |
+    old_table, new_table = pairs[-1].value[0][1], pairs[-1].value[1][1]
+    body = f"""| `harness run experiments/lr_sweep.yaml` | wall s (median) | vs today (median of per-round ratios) | rounds (s) |
+|---|---:|---:|---|
+| today | {_med(old_s):.1f} | 1.00x | {', '.join(f'{v:.1f}' for v in old_s)} |
+| this tree (workers chosen: see below) | {_med(new_s):.1f} | **{ratio:.2f}x** | {', '.join(f'{v:.2f}' for v in ratios)} |
+| this tree, `--workers 1` (one run) | {one_w.value[0]:.1f} | {one_w.value[0] / _med(old_s):.2f}x | |
 
-Others' CPU: {old.foreign_cpu:.2f}, {new.foreign_cpu:.2f}, {one_w.foreign_cpu:.2f}. Each in a fresh folder (new
-store and study){', 4 epochs (--quick)' if quick else ''}.
+{rounds} rounds alternating today and this tree, each run in a fresh folder (new store and study){', 4 epochs (--quick)' if quick else ''};
+others' CPU: {', '.join(f'{p.foreign_cpu:.2f}' for p in pairs)}, {one_w.foreign_cpu:.2f}. The tables are the last round's (every round
+prints the same losses; the wall times differ).
 
 Today's table:
 ```
-{old.value[1]}
+{old_table}
 ```
 This tree, workers chosen automatically (`harness.sweep.driver.auto_workers`):
 ```
-{new.value[1]}
+{new_table}
 ```
 This tree, `--workers 1` (2 threads):
 ```

@@ -15,7 +15,7 @@ class MetricLogger:
 
     def __init__(self, tracker: MlflowTracker, *, upload_checkpoints: bool):
         self.tracker = tracker
-        self.upload = upload_checkpoints and tracker.local_artifacts is None
+        self.upload_checkpoints = upload_checkpoints  # to a remote artifact store (a local one holds them already)
         self.grad_norms: list[float] = []
         self.clipped = 0
         self.epoch_losses: list[float] = []
@@ -55,7 +55,7 @@ class MetricLogger:
             self.epoch_losses.append(event.train_loss)
         elif isinstance(event, CheckpointSaved):
             t.flush()
-            if self.upload:
+            if self.upload_checkpoints and t.local_artifacts is None:
                 t.log_artifact(event.path, "checkpoints")
 
     def grad_stats(self) -> dict[str, float]:

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from harness.testing import faults
 from harness.tracking.store import TrackingError
 
-__all__ = ["MlflowTracker", "PENDING", "local_artifact_dir"]
+__all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir"]
 
 _PARAM_LIMIT = 6000
 PENDING = "pending_metrics.jsonl"
@@ -51,6 +51,40 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return str(store.path.resolve().parent / folder)
 
 
+def checkpoint_dir_for(run_id: str, local_artifacts: Path | None) -> Path:
+    """Where a run's trainer writes checkpoints: inside the artifact folder when it is local, else a staging folder."""
+    if local_artifacts is not None:
+        return local_artifacts / "checkpoints"
+    staging = Path(os.environ.get("HARNESS_STAGING", Path(tempfile.gettempdir()) / "harness-staging"))
+    return staging / run_id / "checkpoints"
+
+
+def write_pending(folder: Path, points: list[tuple[str, float, int, int]]) -> int:
+    """Append metric points (key, value, timestamp in ms, step) to ``folder/pending_metrics.jsonl``, for
+    :meth:`MlflowTracker.replay_pending` to log later; returns how many."""
+    if not points:
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / PENDING, "a", encoding="utf-8") as fh:
+        for key, value, timestamp, step in points:
+            fh.write(json.dumps({"key": key, "value": value, "timestamp": timestamp, "step": step}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(points)
+
+
+class _Done:
+    """A finished :meth:`MlflowTracker.submit`."""
+
+    def __init__(self, value: Any, error: Exception | None):
+        self._value, self._error = value, error
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def _transient(exc: Exception) -> bool:
     """Worth another try: anything but a request the store refused as invalid (a 4xx other than 429)."""
     from mlflow.exceptions import MlflowException
@@ -63,6 +97,8 @@ def _transient(exc: Exception) -> bool:
 
 class MlflowTracker:
     """One MLflow run, written through MlflowClient with buffered metrics."""
+
+    helper_pids: tuple[int, ...] = ()  # processes doing this tracker's work (RemoteTracker's helper): none, it is in-process
 
     def __init__(self, client: Any, run_id: str, *, flush_every: int = 500, retries: int | None = None, backoff_s: float = 0.5):
         self.client = client
@@ -143,12 +179,17 @@ class MlflowTracker:
         for i in range(0, len(items), 100):
             self._retry("log params", self.client.log_batch, self.run_id, params=items[i : i + 100])
 
-    def log_metric(self, key: str, value: float, step: int) -> None:
+    def log_metric(self, key: str, value: float, step: int, timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric
 
         if step <= self._skip.get(key, -1):
             return
-        self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        self._buffer.append(Metric(key, float(value), int(time.time() * 1000) if timestamp_ms is None else timestamp_ms, int(step)))
+
+    def buffer(self, points: list[tuple[str, float, int, int]]) -> None:
+        """Metric points taken elsewhere (key, value, timestamp in ms, step), added to the buffer without writing."""
+        for key, value, timestamp_ms, step in points:
+            self.log_metric(key, value, step, timestamp_ms)
 
     def maybe_flush(self) -> None:
         """Flush once enough points are buffered (call between events, so an event's points go together)."""
@@ -157,15 +198,7 @@ class MlflowTracker:
 
     def spill(self, folder: Path) -> int:
         """Write the unflushed metrics to ``folder/pending_metrics.jsonl`` (appending); returns how many."""
-        if not self._buffer:
-            return 0
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / PENDING, "a", encoding="utf-8") as fh:
-            for m in self._buffer:
-                fh.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        n = len(self._buffer)
+        n = write_pending(folder, [(m.key, m.value, m.timestamp, m.step) for m in self._buffer])
         self._buffer.clear()
         return n
 
@@ -253,11 +286,18 @@ class MlflowTracker:
         self._retry("end the run", self.client.set_terminated, self.run_id, status=status)
 
     def checkpoint_dir(self) -> Path:
-        """Where the trainer writes checkpoints: inside the artifact folder when it is local, else a staging folder."""
-        if self.local_artifacts is not None:
-            return self.local_artifacts / "checkpoints"
-        staging = Path(os.environ.get("HARNESS_STAGING", Path(tempfile.gettempdir()) / "harness-staging"))
-        return staging / self.run_id / "checkpoints"
+        return checkpoint_dir_for(self.run_id, self.local_artifacts)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """``fn(self, *args)``: work on the run that goes wherever the tracker is (see harness.tracking.remote)."""
+        return fn(self, *args)
+
+    def submit(self, fn: Any, *args: Any) -> _Done:
+        """:meth:`call`, its result (or exception) kept for ``result()``: the in-process twin of RemoteTracker.submit."""
+        try:
+            return _Done(fn(self, *args), None)
+        except Exception as exc:
+            return _Done(None, exc)
 
     def discard_staging(self) -> None:
         if self.local_artifacts is None:

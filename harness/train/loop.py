@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class Trainer:
         batches: Batches,
         *,
         eval_sets: EvalSets,
-        checkpoint_dir: Path,
+        checkpoint_dir: Path | Callable[[], Path],
         device: torch.device,
         callbacks: list[Callback] | None = None,
         meta: dict[str, Any] | None = None,
@@ -86,7 +86,8 @@ class Trainer:
         self.spec = spec
         self.batches = batches
         self.eval_sets = eval_sets
-        self.checkpoint_dir = Path(checkpoint_dir)
+        # a function when the folder is known only later (a tracked run's folder, once the store has made the run)
+        self._checkpoint_dir = checkpoint_dir
         self.device = device
         self.callbacks = list(callbacks or [])
         self.meta = dict(meta or {})
@@ -121,6 +122,12 @@ class Trainer:
         self.precision = resolve_precision(getattr(spec, "precision", "fp32"), device)
         self.autocast = self.precision == "bf16"
         self.governor = governor  # adapts torch's threads to the CPUs other processes leave free (None: leave them)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        if callable(self._checkpoint_dir):
+            self._checkpoint_dir = self._checkpoint_dir()
+        return Path(self._checkpoint_dir)
 
     def _eval_cadence(self) -> tuple[int | None, int | None]:
         """(every N steps, every N epochs): as the spec says; else once per epoch, or 10 times in a step-limited run."""

@@ -3,6 +3,7 @@ a run."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch
 from harness.errors import HarnessError
 
 __all__ = ["CpuSample", "StopSignals", "ThreadGovernor", "bf16_pays", "choose_threads", "keep_freed_memory", "resolve_device",
-           "resolve_precision", "sample_cpu", "seed_everything"]
+           "resolve_precision", "sample_cpu", "seed_everything", "torch_threads"]
 
 
 def _mps_available() -> bool:
@@ -118,7 +119,7 @@ class CpuSample:
 
     wall: float  # time.monotonic()
     busy: float  # CPU-seconds those CPUs spent busy since boot, all processes together
-    own: float  # CPU-seconds this process has used, all its threads together
+    own: float  # CPU-seconds this process (and its companions) has used, all threads together
 
 
 def _allowed_cpus() -> set[int] | None:
@@ -128,8 +129,9 @@ def _allowed_cpus() -> set[int] | None:
         return None
 
 
-def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample | None:
-    """Now, from Linux's /proc/stat; None where there is no /proc/stat (macOS, Windows)."""
+def sample_cpu(stat_path: str = "/proc/stat", companions: tuple[int, ...] = ()) -> CpuSample | None:
+    """Now, from Linux's /proc/stat; None where there is no /proc/stat (macOS, Windows). ``companions``: processes
+    whose CPU counts as this one's (a tracking helper, see harness.tracking.remote)."""
     cpus = _allowed_cpus()
     try:
         with open(stat_path, "rb") as fh:
@@ -147,7 +149,18 @@ def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample | None:
         f = [int(v) for v in rest.split()]
         # user nice system idle iowait irq softirq steal: everything but idle and iowait is unavailable to us
         busy += f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
-    return CpuSample(wall=time.monotonic(), busy=busy / tick, own=time.process_time())
+    own = time.process_time() + sum(_process_cpu(pid, tick) for pid in companions)
+    return CpuSample(wall=time.monotonic(), busy=busy / tick, own=own)
+
+
+def _process_cpu(pid: int, tick: float) -> float:
+    """CPU-seconds process ``pid`` has used (user + system, from /proc/PID/stat); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()  # after the command name, which may hold spaces
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
 
 
 def others_busy(before: CpuSample, after: CpuSample) -> float:
@@ -156,6 +169,19 @@ def others_busy(before: CpuSample, after: CpuSample) -> float:
     if dt <= 0:
         return 0.0
     return max(0.0, ((after.busy - before.busy) - (after.own - before.own)) / dt)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, and put back after it (None: left alone)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def choose_threads(current: int, *, cap: int, cpus: int, others: float, calm_samples: int, calm_needed: int = 3) -> int:
@@ -185,17 +211,18 @@ class ThreadGovernor:
     change the last bits of some results (float sums split differently across threads), so a run that adapted to
     contention is reproducible to float tolerance, not bit for bit; pin ``train.threads`` to rule that out."""
 
-    def __init__(self, cap: int, *, interval_s: float = 0.5, first_s: float = 0.2, sampler: Any = sample_cpu,
-                 set_threads: Any = None):
+    def __init__(self, cap: int, *, interval_s: float = 0.5, first_s: float = 0.2, sampler: Any = None,
+                 set_threads: Any = None, companions: tuple[int, ...] = ()):
         self.cap = max(1, cap)
         self.interval_s = interval_s
-        self.sampler = sampler
+        # companions: processes working for this run (its tracking helper), not competing with it
+        self.sampler = sampler or (lambda: sample_cpu(companions=companions))
         self.set_threads = set_threads or torch.set_num_threads
         self.cpus = len(_allowed_cpus() or range(os.cpu_count() or 1))
         self.threads = self.initial = torch.get_num_threads()
         self.calm = 0
         self.changes: list[tuple[float, int, float]] = []  # (monotonic time, new thread count, others' CPUs)
-        self._last = sampler() if self.cap > 1 else None
+        self._last = self.sampler() if self.cap > 1 else None
         self._next = (self._last.wall if self._last else 0.0) + first_s  # the first decision comes sooner
 
     @property

@@ -65,7 +65,8 @@ class TrackingProcess:
 
         ours, theirs = Pipe()
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # the child must not write out the parent's buffered output again
+            if stream is not None:
+                stream.flush()  # the child must not write out the parent's buffered output again
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the helper
@@ -330,8 +331,8 @@ def _serve(conn: Any, uri: str, parent: int) -> None:
             seq, op, args, points = conn.recv()
         except (EOFError, OSError):
             return  # the training process is gone (or done): leave the run as it is
-        if op == "close":
-            return
+        if op == "close" or (op == "open" and os.getppid() != parent):
+            return  # (the process that asked for the run died while this one was starting: make none)
         try:
             if failed is not None:
                 raise failed

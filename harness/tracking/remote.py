@@ -15,8 +15,9 @@ dies leaves the helper reading end-of-file: it exits without touching the run, w
 process, so the next harness command marks it crashed. The helper ignores SIGINT and SIGTERM: the training process
 decides how a run stops, and tells the store through the helper.
 
-No library fits: ``multiprocessing`` starts its processes with fork/exec, spawn or a fork server, and a worker pool's
-futures give no ordered, blocking conversation with one long-lived object; its ``Pipe`` carries the messages here.
+The conversation is hand-written on ``multiprocessing``'s ``Pipe``: a ``multiprocessing`` manager's proxies would carry
+the calls, but one cannot be left running while this process goes on (the plots are drawn during the sample) without
+a thread of its own here, and answers must be matched to their calls after a Ctrl-C cut one short.
 """
 
 from __future__ import annotations

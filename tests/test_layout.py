@@ -16,7 +16,7 @@ LAYERS = [
     {"harness.errors", "harness._lazy", "harness.testing", "harness.collector"},
     {"harness.spec"},
     {"harness.data"},
-    {"harness.model"},
+    {"harness.model", "harness.dropout"},
     {"harness.train"},
     {"harness.tracking", "harness.plots"},
     {"harness.job"},

@@ -1,4 +1,4 @@
-"""Dropout from the model's mask stream (harness.model.MaskStream): the exact drop probability, the 1/(1-p) scaling,
+"""Dropout from the model's mask stream (harness.dropout.MaskStream): the exact drop probability, the 1/(1-p) scaling,
 identity at p = 0 and in eval mode, the attention probabilities included, and the same math as torch's reference."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.model import GPT, Dropout, MaskStream
+from harness.dropout import Dropout, MaskStream
+from harness.model import GPT
 from harness.spec import ModelSpec
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.model import GPT, MaskStream, _ties
+from harness.dropout import MaskStream, _ties
+from harness.model import GPT
 from harness.spec import ModelSpec, TrainSpec
 from harness.train.optim import make_optimizer, resolve_implementation
 

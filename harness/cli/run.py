@@ -51,33 +51,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_err("error: a sweep runs its trials as separate processes; start one experiment per torchrun")
             return 2
         return _run_sweep(spec, args)
-    tracking = _tracking_process(spec)  # before torch is imported: see harness.tracking.remote
     from harness.cli.progress import Progress
     from harness.job import run
 
     progress = None if args.quiet or _follower() else Progress(label=spec.name)
     try:
-        out = run(spec, progress=progress, tracking=tracking)
+        out = run(spec, progress=progress)
     finally:
         if progress:
             progress.close()
-        if tracking is not None:
-            tracking.close()
     if not _follower():  # rank 0 speaks for a DDP run
         print_run_summary(out)
     return _exit_code(out)
-
-
-def _tracking_process(spec: Any) -> Any:
-    """A helper process that keeps the run's MLflow work off this one, when it can pay: not under torchrun, and not
-    for a finetuned run (which reads its source run from the store here anyway)."""
-    from harness.tracking.remote import TrackingProcess, helper_wanted
-
-    if spec.init is not None or os.environ.get("WORLD_SIZE", "1") != "1" or not helper_wanted():
-        return None
-    from harness.tracking import tracking_uri
-
-    return TrackingProcess.start(tracking_uri(None))
 
 
 def _follower() -> bool:

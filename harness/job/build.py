@@ -59,8 +59,7 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
     # Unpinned on the CPU: as many threads as the CPUs other processes leave free, re-checked while the run trains, so
     # two runs (or a sweep and a run) sharing a laptop do not spin against each other. Its first sample is taken
     # now, so the first decision (before the step-0 evaluation) already sees what ran while the data and model were built.
-    governor = (ThreadGovernor(torch.get_num_threads(), companions=tracker.helper_pids if tracker else ())
-                if not spec.train.threads and device.type == "cpu" else None)
+    governor = ThreadGovernor(torch.get_num_threads()) if not spec.train.threads and device.type == "cpu" else None
     data = _data(spec, tokenizer, labels)
     seed_everything(spec.seed)
     model = GPT(spec.model, vocab_size=data.tokenizer.vocab_size, max_seq_len=spec.data.seq_len)
@@ -77,9 +76,7 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
     freeze(model, spec.freezing)
     logger = MetricLogger(tracker, upload_checkpoints=spec.tracking.log_checkpoints) if tracker else None
     cbs: list[Callable[[Any], None]] = ([logger] if logger else []) + list(callbacks) + ([progress] if progress else [])
-    # a tracked run's folder is asked for when first needed: a tracking helper may still be making the run (see
-    # harness.tracking.remote)
-    ckpt_dir = tracker.checkpoint_dir if tracker else Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
+    ckpt_dir = tracker.checkpoint_dir() if tracker else Path(tempfile.mkdtemp(prefix="harness-ckpt-"))
     trainer = Trainer(model, spec.train, data.batches, eval_sets=data.evals, checkpoint_dir=ckpt_dir, device=device, callbacks=cbs,
                       meta={"seed": spec.seed, "name": spec.name}, governor=governor, classify=spec.task.kind == "classify",
                       step_cap=step_cap(), dist=dist)

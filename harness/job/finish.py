@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from harness.job.build import Built, sample_text
 from harness.job.outcome import RunOutcome
@@ -42,28 +42,20 @@ def _extras(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResul
     with its status. An interrupted run skips them (the user is waiting); they come when it is resumed and ends."""
     if result.stop_reason is StopReason.INTERRUPTED:
         return
-    from harness.train.runtime import torch_threads  # (not at import: the tracking helper imports this module)
-
     failed = result.stop_reason in (StopReason.DIVERGED, StopReason.FAILED)
-    # The plots are drawn where the tracker lives: a tracking helper draws them while this process writes the sample.
-    plots = tracker.submit(_log_plots, spec)
-    steps: list[tuple[str, Any]] = []
+    steps: list[tuple[str, Callable[[], None]]] = [("plots", lambda: _log_plots(tracker, spec))]
     if not failed and spec.task.kind != "classify":
         steps.append(("sample", lambda: _log_sample(spec, tracker, built)))
     if not failed and spec.task.kind == "classify":
         steps.append(("classification report", lambda: _classification_report(spec, tracker, built)))
-    steps.append(("plots", plots.result))
     problems = []
-    # While the helper draws on the other CPU, one torch thread: two would spin against it at every OpenMP barrier
-    # (the chapter model's sample took 0.7 s instead of 0.15 s).
-    with torch_threads(1 if tracker.helper_pids else None):
-        for name, step in steps:
-            try:
-                step()
-            except TrackingError:
-                raise
-            except Exception as exc:
-                problems.append(f"{name}: {type(exc).__name__}: {exc}")
+    for name, step in steps:
+        try:
+            step()
+        except TrackingError:
+            raise
+        except Exception as exc:
+            problems.append(f"{name}: {type(exc).__name__}: {exc}")
     if problems:
         tracker.set_tags({"harness.finish_error": " | ".join(problems)[:5000]})
 

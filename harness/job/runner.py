@@ -29,7 +29,6 @@ from harness.tracking.lookup import resolve_run_id
 from harness.train.events import StopReason
 
 if TYPE_CHECKING:
-    from harness.tracking.remote import TrackingProcess
     from harness.train.distributed import Distributed
 
 __all__ = ["load_run_spec", "resume", "run"]
@@ -47,14 +46,11 @@ def run(
     on_start: Callable[[str], None] | None = None,
     progress: Any = None,
     run_id: str | None = None,
-    tracking: TrackingProcess | None = None,
 ) -> RunOutcome:
     """Train ``spec`` as one MLflow run. Checks the spec's data, the device and the store before creating anything.
 
     ``on_start`` hears the run id as soon as the run exists. ``run_id`` adopts a run that was created but never set
-    up (its process died first, see :func:`~harness.tracking.liveness.run_is_set_up`) instead of creating another.
-    ``tracking`` keeps the run in a helper process that was started for it (see :mod:`harness.tracking.remote`);
-    the caller closes it. Not under torchrun."""
+    up (its process died first, see :func:`~harness.tracking.liveness.run_is_set_up`) instead of creating another."""
     if spec.is_sweep:
         raise UsageError("this spec has a sweep section; run it with harness.sweep.run_sweep (or `harness run`)")
     dist = _join_group(spec.train.device)
@@ -63,7 +59,7 @@ def run(
     announce = Announcer(dist)
     try:
         out = _run(spec, announce, uri=uri, parent_run_id=parent_run_id, tags=tags, callbacks=callbacks, on_start=on_start,
-                   progress=progress, run_id=run_id, tracking=tracking)
+                   progress=progress, run_id=run_id)
     except BaseException as exc:
         announce.fail(exc)  # before the followers have the spec; later, torchrun stops them when this process exits
         raise
@@ -85,12 +81,11 @@ def _join_group(device: str) -> Distributed | None:
 
 def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str | None, tags: dict[str, str] | None,
          callbacks: list[Callable[[Any], None]] | None, on_start: Callable[[str], None] | None, progress: Any,
-         run_id: str | None, tracking: TrackingProcess | None = None) -> RunOutcome:
+         run_id: str | None) -> RunOutcome:
     from harness.train import resolve_device
 
     uri = tracking_uri(uri)
-    if tracking is None:
-        check_store(uri)  # (a tracking helper checks it itself, while this process imports torch)
+    check_store(uri)
     # finetuning: the source run is found and checked, its shape and tokenizer adopted, before anything is created
     spec, lineage = resolve_init(spec, uri=uri)
     validate_data(spec)
@@ -102,17 +97,12 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
     run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags(),
                 **(lineage.tags() if lineage else {}), **({"harness.step_cap": str(cap)} if cap else {})}
     run_name = spec.tracking.run_name or spec.name
-    tracker: Any
-    if tracking is not None:  # asked for now, answered while the model is built (build asks for the run last)
-        tracker = tracking.open_run(experiment=spec.experiment, run_name=run_name, tags=run_tags, parent_run_id=parent_run_id,
-                                    run_id=run_id)
+    client = client_for(uri)
+    reap_stale_runs(client)
+    if run_id is not None:
+        tracker = MlflowTracker.attach(client, run_id, tags=run_tags)
     else:
-        client = client_for(uri)
-        reap_stale_runs(client)
-        if run_id is not None:
-            tracker = MlflowTracker.attach(client, run_id, tags=run_tags)
-        else:
-            tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=run_name, tags=run_tags, parent_run_id=parent_run_id)
+        tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=run_name, tags=run_tags, parent_run_id=parent_run_id)
     try:
         if on_start is not None:
             on_start(tracker.run_id)
@@ -136,9 +126,8 @@ def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], 
     spec.yaml goes last: a run that has it is set up and can be resumed."""
     built = build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None,
                   tokenizer=lineage.source.tokenizer if lineage else None, dist=dist)
-    run_id = tracker.run_id  # (with a tracking helper, the first moment this process waits for the store)
     if progress is not None and hasattr(progress, "bind"):
-        progress.bind(run_id)
+        progress.bind(tracker.run_id)
     faults.point("run_setup")
     tracker.set_tags(_runtime_tags(built.device))
     params = {k: v for k, v in flatten(spec_to_dict(spec)).items() if not k.startswith("sweep")}
@@ -153,10 +142,6 @@ def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], 
 def _abandon_setup(tracker: MlflowTracker, *, created: bool) -> None:
     """Ctrl-C before training began: a run that cannot be resumed is not left behind. One this call created is deleted;
     one that is already set up (or adopted) ends KILLED/interrupted and `harness resume` continues it."""
-    tracker.call(_abandon, created)
-
-
-def _abandon(tracker: MlflowTracker, created: bool) -> None:
     if created and not run_is_set_up(tracker.client, tracker.run_id, unknown=False):
         tracker.client.set_terminated(tracker.run_id, status="KILLED")
         tracker.client.delete_run(tracker.run_id)

@@ -1,6 +1,6 @@
 """Fault injection for the reliability tests: make this process die, or a write fail, at a named point.
 
-``HARNESS_KILL_AT="<point>:<n>"`` sends SIGKILL to the current process (a tracking helper: to its training process) the n-th time (1-based) execution passes
+``HARNESS_KILL_AT="<point>:<n>"`` sends SIGKILL to the current process the n-th time (1-based) execution passes
 ``point``. Points: ``step`` (after an optimizer step), ``eval`` (inside an evaluation), ``checkpoint_write`` (after the
 temp file is written, before the rename), ``flush`` (after a metric batch is written), ``run_setup`` (the MLflow run
 exists but is not set up yet), and in sweeps ``trial_start`` (a trial is claimed in the study, before its MLflow run
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BarrierTimeout", "act_for", "arrive", "arrived", "point", "wait_at_barrier", "writer"]
+__all__ = ["BarrierTimeout", "arrive", "arrived", "point", "wait_at_barrier", "writer"]
 
 _counts: dict[str, int] = {}
 _fail_counts: dict[str, int] = {}
@@ -56,17 +56,7 @@ def point(name: str) -> None:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == target[1]:
-        os.kill(_victim or os.getpid(), signal.SIGKILL)
-
-
-_victim: int | None = None  # whose death a kill point stands for, when not this process's
-
-
-def act_for(pid: int) -> None:
-    """Make this process's kill points kill ``pid`` instead: a tracking helper stands in for its training process
-    (see harness.tracking.remote), which then dies at the same moment as it would have in-process."""
-    global _victim
-    _victim = pid
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _barrier(name: str) -> None:

@@ -73,18 +73,6 @@ def write_pending(folder: Path, points: list[tuple[str, float, int, int]]) -> in
     return len(points)
 
 
-class _Done:
-    """A finished :meth:`MlflowTracker.submit`."""
-
-    def __init__(self, value: Any, error: Exception | None):
-        self._value, self._error = value, error
-
-    def result(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def _transient(exc: Exception) -> bool:
     """Worth another try: anything but a request the store refused as invalid (a 4xx other than 429)."""
     from mlflow.exceptions import MlflowException
@@ -97,8 +85,6 @@ def _transient(exc: Exception) -> bool:
 
 class MlflowTracker:
     """One MLflow run, written through MlflowClient with buffered metrics."""
-
-    helper_pids: tuple[int, ...] = ()  # processes doing this tracker's work (RemoteTracker's helper): none, it is in-process
 
     def __init__(self, client: Any, run_id: str, *, flush_every: int = 500, retries: int | None = None, backoff_s: float = 0.5):
         self.client = client
@@ -185,11 +171,6 @@ class MlflowTracker:
         if step <= self._skip.get(key, -1):
             return
         self._buffer.append(Metric(key, float(value), int(time.time() * 1000) if timestamp_ms is None else timestamp_ms, int(step)))
-
-    def buffer(self, points: list[tuple[str, float, int, int]]) -> None:
-        """Metric points taken elsewhere (key, value, timestamp in ms, step), added to the buffer without writing."""
-        for key, value, timestamp_ms, step in points:
-            self.log_metric(key, value, step, timestamp_ms)
 
     def maybe_flush(self) -> None:
         """Flush once enough points are buffered (call between events, so an event's points go together)."""
@@ -287,17 +268,6 @@ class MlflowTracker:
 
     def checkpoint_dir(self) -> Path:
         return checkpoint_dir_for(self.run_id, self.local_artifacts)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """``fn(self, *args)``: work on the run that goes wherever the tracker is (see harness.tracking.remote)."""
-        return fn(self, *args)
-
-    def submit(self, fn: Any, *args: Any) -> _Done:
-        """:meth:`call`, its result (or exception) kept for ``result()``: the in-process twin of RemoteTracker.submit."""
-        try:
-            return _Done(fn(self, *args), None)
-        except Exception as exc:
-            return _Done(None, exc)
 
     def discard_staging(self) -> None:
         if self.local_artifacts is None:

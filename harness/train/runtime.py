@@ -119,7 +119,7 @@ class CpuSample:
 
     wall: float  # time.monotonic()
     busy: float  # CPU-seconds those CPUs spent busy since boot, all processes together
-    own: float  # CPU-seconds this process (and its companions) has used, all threads together
+    own: float  # CPU-seconds this process has used, all threads together
 
 
 def _allowed_cpus() -> set[int] | None:
@@ -129,9 +129,8 @@ def _allowed_cpus() -> set[int] | None:
         return None
 
 
-def sample_cpu(stat_path: str = "/proc/stat", companions: tuple[int, ...] = ()) -> CpuSample | None:
-    """Now, from Linux's /proc/stat; None where there is no /proc/stat (macOS, Windows). ``companions``: processes
-    whose CPU counts as this one's (a tracking helper, see harness.tracking.remote)."""
+def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample | None:
+    """Now, from Linux's /proc/stat; None where there is no /proc/stat (macOS, Windows)."""
     cpus = _allowed_cpus()
     try:
         with open(stat_path, "rb") as fh:
@@ -149,18 +148,7 @@ def sample_cpu(stat_path: str = "/proc/stat", companions: tuple[int, ...] = ()) 
         f = [int(v) for v in rest.split()]
         # user nice system idle iowait irq softirq steal: everything but idle and iowait is unavailable to us
         busy += f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)
-    own = time.process_time() + sum(_process_cpu(pid, tick) for pid in companions)
-    return CpuSample(wall=time.monotonic(), busy=busy / tick, own=own)
-
-
-def _process_cpu(pid: int, tick: float) -> float:
-    """CPU-seconds process ``pid`` has used (user + system, from /proc/PID/stat); 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rpartition(b")")[2].split()  # after the command name, which may hold spaces
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return CpuSample(wall=time.monotonic(), busy=busy / tick, own=time.process_time())
 
 
 def others_busy(before: CpuSample, after: CpuSample) -> float:
@@ -212,11 +200,10 @@ class ThreadGovernor:
     contention is reproducible to float tolerance, not bit for bit; pin ``train.threads`` to rule that out."""
 
     def __init__(self, cap: int, *, interval_s: float = 0.5, first_s: float = 0.2, sampler: Any = None,
-                 set_threads: Any = None, companions: tuple[int, ...] = ()):
+                 set_threads: Any = None):
         self.cap = max(1, cap)
         self.interval_s = interval_s
-        # companions: processes working for this run (its tracking helper), not competing with it
-        self.sampler = sampler or (lambda: sample_cpu(companions=companions))
+        self.sampler = sampler or sample_cpu
         self.set_threads = set_threads or torch.set_num_threads
         self.cpus = len(_allowed_cpus() or range(os.cpu_count() or 1))
         self.threads = self.initial = torch.get_num_threads()

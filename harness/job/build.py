@@ -17,7 +17,7 @@ from harness.data.tokenizers import Tokenizer
 from harness.errors import UsageError
 from harness.job.logger import MetricLogger
 from harness.spec import Spec
-from harness.tracking import MlflowTracker
+from harness.tracking.protocol import Tracker
 
 __all__ = ["Built", "build", "load_source", "sample_text", "step_cap"]
 
@@ -33,7 +33,7 @@ class Built:
     task: TaskData | None = None  # classify / instruct: the encoded examples (and a classifier's labels)
 
 
-def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[Any], None]], *, progress: Any = None,
+def build(spec: Spec, tracker: Tracker | None, callbacks: list[Callable[[Any], None]], *, progress: Any = None,
           init_state: dict[str, Any] | None = None, tokenizer: Tokenizer | None = None, labels: list[str] | None = None,
           dist: Any = None) -> Built:
     """Data, model and trainer for ``spec``; with a tracker, checkpoints go to its run and metrics to its store.
@@ -62,10 +62,12 @@ def build(spec: Spec, tracker: MlflowTracker | None, callbacks: list[Callable[[A
     governor = ThreadGovernor(torch.get_num_threads()) if not spec.train.threads and device.type == "cpu" else None
     data = _data(spec, tokenizer, labels)
     seed_everything(spec.seed)
-    model = GPT(spec.model, vocab_size=data.tokenizer.vocab_size, max_seq_len=spec.data.seq_len)
+    shape = spec.model
+    assert shape is not None, "validation requires a model section unless init gives one (resolve_init fills it in)"
+    model = GPT(shape, vocab_size=data.tokenizer.vocab_size, max_seq_len=spec.data.seq_len)
     if data.task is not None and spec.task.kind == "classify":
         # a classifier reads the last real token's hidden state through a new head: one logit per label
-        model.head = torch.nn.Linear(spec.model.d_model, len(data.task.labels), bias=False)
+        model.head = torch.nn.Linear(shape.d_model, len(data.task.labels), bias=False)
         torch.nn.init.normal_(model.head.weight, mean=0.0, std=0.02)
     if init_state is not None:
         load_source(model, init_state, classify=spec.task.kind == "classify")

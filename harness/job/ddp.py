@@ -47,7 +47,7 @@ def follow(dist: Distributed) -> RunOutcome:
     from harness.data.tokenizers import tokenizer_from_dict
     from harness.job.build import build
 
-    got = dist.broadcast(None)
+    got: dict[str, Any] = _receive(dist)
     if "error" in got:
         dist.stop()
         raise HarnessError(f"rank {dist.rank}: rank 0 stopped before training ({got['error']})")
@@ -55,14 +55,20 @@ def follow(dist: Distributed) -> RunOutcome:
     tokenizer = tokenizer_from_dict(got["tokenizer"]) if got["tokenizer"] is not None else None
     built = build(spec, None, [], tokenizer=tokenizer, labels=got["labels"], dist=dist)
     if got["resuming"]:  # what rank 0 continues from (runner._share_start), then its state
-        start = dist.broadcast(None)
+        start = _receive(dist)
         if start == "checkpoint":
             built.trainer.load(None)
         elif start == "source":
-            built.trainer.model.load_state_dict(dist.broadcast(None))
+            built.trainer.model.load_state_dict(_receive(dist))
     result = built.trainer.fit()
     del built  # the DDP wrapper goes before its process group
     dist.stop()
     return RunOutcome(run_id=got["run_id"], experiment=spec.experiment, experiment_id="", tracking_uri="", status="FINISHED",
                       stop_reason=result.stop_reason, steps=result.steps, epochs=result.epochs, wall_time_s=result.wall_time_s,
                       message=result.message, signal=result.signal)
+
+
+def _receive(dist: Distributed) -> Any:
+    """What rank 0 broadcasts next (a follower's own argument to broadcast is never sent, so it passes None)."""
+    received: Any = dist.broadcast(None)
+    return received

@@ -106,6 +106,8 @@ def source_state(source: TrainedModel, file: str | None = None) -> dict[str, Any
         state = load_checkpoint(source.checkpoint)["model"]
     except CheckpointError as exc:
         raise SpecError([Issue(file, "init.from", str(exc))]) from None
+    if source.spec.model is None:
+        raise SpecError([Issue(file, "init.from", f"the spec saved with {source.reference} has no model section")])
     expected = GPT(source.spec.model, vocab_size=source.tokenizer.vocab_size, max_seq_len=source.spec.data.seq_len).state_dict()
     wrong = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} expected" for k, v in state.items()
              if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape]

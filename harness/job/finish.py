@@ -7,7 +7,8 @@ from typing import Any, Callable
 from harness.job.build import Built, sample_text
 from harness.job.outcome import RunOutcome
 from harness.spec import Spec
-from harness.tracking import MlflowTracker, TrackingError
+from harness.tracking import TrackingError
+from harness.tracking.protocol import Tracker
 from harness.train.events import StopReason, TrainResult
 
 __all__ = ["finish"]
@@ -15,7 +16,7 @@ __all__ = ["finish"]
 _PLOTTED = ("train/loss", "val/loss", "train/loss_eval", "grad_norm", "lr")
 
 
-def finish(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult, *, resumed_from: str | None) -> RunOutcome:
+def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, resumed_from: str | None) -> RunOutcome:
     """Record how the run ended and close it in the store. When the store went away during the run, keep what
     could not be written next to the checkpoint instead."""
     if built.logger is not None and built.logger.offline_error is not None:
@@ -37,7 +38,7 @@ def finish(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult
     return _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)
 
 
-def _extras(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult) -> None:
+def _extras(spec: Spec, tracker: Tracker, built: Built, result: TrainResult) -> None:
     """Plots, a text sample, a classifier's report: conveniences. One that fails is named in a tag; the run still ends
     with its status. An interrupted run skips them (the user is waiting); they come when it is resumed and ends."""
     if result.stop_reason is StopReason.INTERRUPTED:
@@ -60,13 +61,13 @@ def _extras(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResul
         tracker.set_tags({"harness.finish_error": " | ".join(problems)[:5000]})
 
 
-def _log_sample(spec: Spec, tracker: MlflowTracker, built: Built) -> None:
+def _log_sample(spec: Spec, tracker: Tracker, built: Built) -> None:
     sample = sample_text(spec, built)
     if sample:
         tracker.log_text(sample, "sample.txt")
 
 
-def _log_summary(tracker: MlflowTracker, result: TrainResult, watch: str) -> None:
+def _log_summary(tracker: Tracker, result: TrainResult, watch: str) -> None:
     """``summary/*`` metrics: steps, wall time, best and final values, logged at the last step."""
     summary: dict[str, float] = {"summary/steps": float(result.steps), "summary/wall_time_s": result.wall_time_s}
     if result.best_metric is not None:
@@ -79,7 +80,7 @@ def _log_summary(tracker: MlflowTracker, result: TrainResult, watch: str) -> Non
     tracker.flush()
 
 
-def _tag_outcome(tracker: MlflowTracker, result: TrainResult, facts: dict[str, Any]) -> None:
+def _tag_outcome(tracker: Tracker, result: TrainResult, facts: dict[str, Any]) -> None:
     tags: dict[str, Any] = {"stop_reason": result.stop_reason.value, "harness.steps": result.steps}
     if "initial_loss" in facts:
         chance = ("ln(labels)", facts["ln_labels"]) if "ln_labels" in facts else ("ln(vocab)", facts["ln_vocab"])
@@ -89,13 +90,13 @@ def _tag_outcome(tracker: MlflowTracker, result: TrainResult, facts: dict[str, A
     tracker.set_tags(tags)
 
 
-def _log_plots(tracker: MlflowTracker, spec: Spec) -> None:
+def _log_plots(tracker: Tracker, spec: Spec) -> None:
     """Loss curve, gradient norm and lr schedule from the run's whole history (earlier sessions of a resumed run
     included)."""
     from harness import plots
 
-    hist = {k: tracker.client.get_metric_history(tracker.run_id, k) for k in _PLOTTED}
-    curves = {k: ([m.step for m in v], [m.value for m in v]) for k, v in hist.items() if v}
+    hist = {k: tracker.metric_history(k) for k in _PLOTTED}
+    curves = {k: ([step for step, _ in v], [value for _, value in v]) for k, v in hist.items() if v}
     tracker.log_figure(plots.loss_curve(curves, title=f"{spec.name} ({tracker.run_id[:8]})"), "plots/loss_curve.png")
     if "grad_norm" in curves:
         tracker.log_figure(plots.grad_norm(curves["grad_norm"], clip=spec.train.clip_grad_norm, title=spec.name), "plots/grad_norm.png")
@@ -103,7 +104,7 @@ def _log_plots(tracker: MlflowTracker, spec: Spec) -> None:
         tracker.log_figure(plots.lr_schedule(curves["lr"], title=spec.name), "plots/lr_schedule.png")
 
 
-def _classification_report(spec: Spec, tracker: MlflowTracker, built: Built) -> None:
+def _classification_report(spec: Spec, tracker: Tracker, built: Built) -> None:
     """The final model on the whole validation split: per-label precision and recall, and the confusion matrix
     (confusion_matrix.csv and .png)."""
     import torch
@@ -139,7 +140,7 @@ def _classification_report(spec: Spec, tracker: MlflowTracker, built: Built) -> 
     tracker.log_figure(plots.confusion_matrix(counts, task.labels, title=f"{spec.name}: validation"), "confusion_matrix.png")
 
 
-def _upload_checkpoints(spec: Spec, tracker: MlflowTracker, built: Built) -> None:
+def _upload_checkpoints(spec: Spec, tracker: Tracker, built: Built) -> None:
     """A remote artifact store gets the final last.pt and best.pt (a local one already holds them)."""
     if tracker.local_artifacts is not None or not spec.tracking.log_checkpoints:
         return
@@ -149,7 +150,7 @@ def _upload_checkpoints(spec: Spec, tracker: MlflowTracker, built: Built) -> Non
             tracker.log_artifact(p, "checkpoints")
 
 
-def _outcome(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult, facts: dict[str, Any], *,
+def _outcome(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, facts: dict[str, Any], *,
              resumed_from: str | None, status: str | None = None, message: str | None = None) -> RunOutcome:
     final = dict(result.last_eval)
     if result.last_train_loss is not None:
@@ -159,7 +160,7 @@ def _outcome(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResu
         run_id=tracker.run_id,
         experiment=spec.experiment,
         experiment_id=tracker.experiment_id,
-        tracking_uri=str(tracker.client.tracking_uri),
+        tracking_uri=tracker.tracking_uri,
         status=status or result.stop_reason.status,
         stop_reason=result.stop_reason,
         steps=result.steps,
@@ -178,7 +179,7 @@ def _outcome(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResu
     )
 
 
-def _finish_offline(spec: Spec, tracker: MlflowTracker, built: Built, result: TrainResult, *, resumed_from: str | None) -> RunOutcome:
+def _finish_offline(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, resumed_from: str | None) -> RunOutcome:
     """The store is unreachable: keep what could not be written next to the checkpoint and say how to go on.
 
     The run stays RUNNING in the unreachable store; the next harness command there marks it crashed (dead pid)."""

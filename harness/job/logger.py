@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from harness.tracking import MlflowTracker, TrackingError
-from harness.train.events import CheckpointSaved, EpochEnd, EvalEnd, Event, StepEnd, StopReason, StopTraining
+from harness.tracking import TrackingError
+from harness.tracking.protocol import Tracker
+from harness.train.events import BestRestored, CheckpointSaved, EpochEnd, EvalEnd, Event, StepEnd, StopReason, StopTraining
 
 __all__ = ["MetricLogger"]
 
@@ -13,7 +14,7 @@ __all__ = ["MetricLogger"]
 class MetricLogger:
     """Trainer events -> tracker metrics: buffered per step, flushed at every evaluation and checkpoint."""
 
-    def __init__(self, tracker: MlflowTracker, *, upload_checkpoints: bool):
+    def __init__(self, tracker: Tracker, *, upload_checkpoints: bool):
         self.tracker = tracker
         self.upload_checkpoints = upload_checkpoints  # to a remote artifact store (a local one holds them already)
         self.grad_norms: list[float] = []
@@ -46,7 +47,7 @@ class MetricLogger:
                 self.grad_norms.append(event.grad_norm)
                 self.clipped += int(event.clipped)
             t.maybe_flush()
-        elif isinstance(event, EvalEnd):
+        elif isinstance(event, (EvalEnd, BestRestored)):  # BestRestored: the final evaluation, of the kept weights
             t.log_metrics(event.metrics, event.step)
             t.flush()
         elif isinstance(event, EpochEnd):

@@ -24,7 +24,8 @@ from harness.job.outcome import RunOutcome
 from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict, spec_to_yaml
 from harness.testing import faults
 from harness.tracking import MlflowTracker, check_store, client_for, tracking_uri
-from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live, run_is_set_up
+from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live
+from harness.tracking.protocol import Tracker
 from harness.tracking.lookup import resolve_run_id
 from harness.train.events import StopReason
 
@@ -118,7 +119,7 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
     return _train(spec, tracker, built, resumed_from=None)
 
 
-def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any,
+def _set_up(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]], progress: Any,
             lineage: Lineage | None = None, *, dist: Distributed | None = None) -> Built:
     """Build the trainer and record what the run is: runtime tags, params, the resolved spec, the tokenizer (and a
     classifier's labels).
@@ -139,23 +140,21 @@ def _set_up(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], 
     return built
 
 
-def _abandon_setup(tracker: MlflowTracker, *, created: bool) -> None:
+def _abandon_setup(tracker: Tracker, *, created: bool) -> None:
     """Ctrl-C before training began: a run that cannot be resumed is not left behind. One this call created is deleted;
     one that is already set up (or adopted) ends KILLED/interrupted and `harness resume` continues it."""
-    if created and not run_is_set_up(tracker.client, tracker.run_id, unknown=False):
-        tracker.client.set_terminated(tracker.run_id, status="KILLED")
-        tracker.client.delete_run(tracker.run_id)
+    if created and tracker.delete_unless_set_up():
         return
     tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
     tracker.end("KILLED")
 
 
-def _end_failed(tracker: MlflowTracker, message: str) -> None:
+def _end_failed(tracker: Tracker, message: str) -> None:
     tracker.set_tags({"stop_reason": StopReason.FAILED.value, "harness.message": message[:5000]})
     tracker.end("FAILED")
 
 
-def _train(spec: Spec, tracker: MlflowTracker, built: Built, *, resumed_from: str | None, notes: list[str] | None = None) -> RunOutcome:
+def _train(spec: Spec, tracker: Tracker, built: Built, *, resumed_from: str | None, notes: list[str] | None = None) -> RunOutcome:
     """Train, and whatever happens, end the MLflow run with a status and a stop_reason."""
     from harness.train.checkpoint import CheckpointError
 
@@ -207,7 +206,7 @@ def _git_commit() -> str | None:
 # ----------------------------------------------------------------------------------------------------------- resume
 
 
-def load_run_spec(tracker: MlflowTracker, tmp: Path) -> Spec:
+def load_run_spec(tracker: Tracker, tmp: Path) -> Spec:
     """The resolved spec a run stored as spec.yaml, read with the same hardened loader as a spec file."""
     path = tracker.download("spec.yaml", tmp)
     if not Path(path).is_file():
@@ -283,7 +282,7 @@ def _resumable_run(client: Any, run_id: str, uri: str, *, allow_finished: bool, 
     return stored
 
 
-def _saved_data(spec: Spec, tracker: MlflowTracker, tmp: Path) -> dict[str, Any]:
+def _saved_data(spec: Spec, tracker: Tracker, tmp: Path) -> dict[str, Any]:
     """What a finetuned run rebuilds its data from on resume: its own copy of the source's tokenizer, and a
     classifier's label map (build's keyword arguments). A run trained from scratch rebuilds both from its data."""
     from harness.data.tokenizers import tokenizer_from_dict
@@ -296,7 +295,7 @@ def _saved_data(spec: Spec, tracker: MlflowTracker, tmp: Path) -> dict[str, Any]
     return saved
 
 
-def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any, say: Notify,
+def _restore(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]], progress: Any, say: Notify,
              saved: dict[str, Any], *, dist: Distributed | None = None) -> tuple[Built, Path | None]:
     """A trainer holding the newest readable checkpoint (fetched from the artifact store when it is not on this
     machine), with metrics that an outage left unwritten logged first. Without any usable checkpoint: a fresh
@@ -335,7 +334,7 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
         except CheckpointError as exc:
             problems.append(str(exc))
     if dist is not None:
-        _share_start(spec, built, loaded, dist, uri=tracker.client.tracking_uri)
+        _share_start(spec, built, loaded, dist, uri=tracker.tracking_uri)
     if problems:
         tracker.set_tags({"harness.resume_warnings": " | ".join(problems)[:5000]})
         for p in problems:
@@ -352,10 +351,10 @@ def _restore(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any],
     return built, loaded
 
 
-def _rebuild_from_scratch(spec: Spec, tracker: MlflowTracker, callbacks: list[Callable[[Any], None]], progress: Any,
+def _rebuild_from_scratch(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]], progress: Any,
                           saved: dict[str, Any]) -> Built:
     """No usable checkpoint: the run starts over, from what it started from (a finetuned run: its source's weights)."""
-    lineage = resolve_init(spec, uri=tracker.client.tracking_uri)[1] if spec.init is not None else None
+    lineage = resolve_init(spec, uri=tracker.tracking_uri)[1] if spec.init is not None else None
     return build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None, **saved)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -96,9 +95,10 @@ class MlflowTracker:
         self.offline = False  # set when the store stayed unreachable: stop talking to it, keep buffering
         self._skip: dict[str, int] = {}
         run = client.get_run(run_id)
-        self.experiment_id = run.info.experiment_id
-        self.artifact_uri = run.info.artifact_uri
+        self.experiment_id: str = run.info.experiment_id
+        self.artifact_uri: str = run.info.artifact_uri
         self.local_artifacts = local_artifact_dir(self.artifact_uri)
+        self.tracking_uri = str(client.tracking_uri)
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -165,12 +165,12 @@ class MlflowTracker:
         for i in range(0, len(items), 100):
             self._retry("log params", self.client.log_batch, self.run_id, params=items[i : i + 100])
 
-    def log_metric(self, key: str, value: float, step: int, timestamp_ms: int | None = None) -> None:
+    def log_metric(self, key: str, value: float, step: int) -> None:
         from mlflow.entities import Metric
 
         if step <= self._skip.get(key, -1):
             return
-        self._buffer.append(Metric(key, float(value), int(time.time() * 1000) if timestamp_ms is None else timestamp_ms, int(step)))
+        self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
 
     def maybe_flush(self) -> None:
         """Flush once enough points are buffered (call between events, so an event's points go together)."""
@@ -216,6 +216,9 @@ class MlflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for k, v in metrics.items():
             self.log_metric(k, v, step)
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
     def flush(self) -> None:
         if self.offline:
@@ -269,6 +272,12 @@ class MlflowTracker:
     def checkpoint_dir(self) -> Path:
         return checkpoint_dir_for(self.run_id, self.local_artifacts)
 
-    def discard_staging(self) -> None:
-        if self.local_artifacts is None:
-            shutil.rmtree(self.checkpoint_dir().parent, ignore_errors=True)
+    def delete_unless_set_up(self) -> bool:
+        """Delete the run if it never stored its spec.yaml (see run_is_set_up): it could not be resumed."""
+        from harness.tracking.liveness import run_is_set_up
+
+        if run_is_set_up(self.client, self.run_id, unknown=False):
+            return False
+        self.client.set_terminated(self.run_id, status="KILLED")
+        self.client.delete_run(self.run_id)
+        return True

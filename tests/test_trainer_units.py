@@ -16,7 +16,7 @@ from harness.data.prepare import prepare
 from harness.model import GPT
 from harness.spec import TrainSpec, spec_from_dict
 from harness.train import EpochEnd, EvalEnd, StepEnd, StopTraining, Trainer, lr_lambda
-from harness.train.checkpoint import CheckpointError, load_checkpoint, resume_candidates, save_checkpoint
+from harness.train.checkpoint import CheckpointError, load_checkpoint, periodic_name, resume_candidates, save_checkpoint
 
 # ----------------------------------------------------------------------------------------------------------- helpers
 
@@ -401,3 +401,88 @@ def _run_lrs(spec_dict: dict, folder: Path) -> list:
     steps = _Collect()
     _build(spec_dict, folder, [steps]).fit()
     return steps.events
+
+
+# ----------------------------------------------------------------------------------------------------------- a callback stops the run
+
+
+class _StoreOutage:
+    """What the MLflow logger does when the store stays away (harness.job.logger): raise StopTraining(FAILED) from
+    an event. Here at the first event ``when`` accepts."""
+
+    def __init__(self, when):
+        self.when = when
+        self.raised_at: object = None
+
+    def __call__(self, event):
+        if self.raised_at is None and self.when(event):
+            self.raised_at = event
+            from harness.train import StopReason
+
+            raise StopTraining(StopReason.FAILED, "tracking store unreachable: test outage")
+
+
+def test_an_outage_at_an_improving_evaluation_still_writes_that_best_checkpoint(tmp_path, tiny_spec_dict):
+    """best.pt holds the weights last.pt names as the best: restore_best and `init.from ... best` read them."""
+    tiny_spec_dict["train"].update(max_steps=12, eval={"every_steps": 2, "batches": 2}, optimizer={"name": "adamw", "lr": 1e-2})
+    outage = _StoreOutage(lambda e: isinstance(e, EvalEnd) and e.step > 0 and e.improved)
+    result = _build(tiny_spec_dict, tmp_path, [outage]).fit()
+    assert outage.raised_at is not None, "no evaluation after step 0 improved: the test proves nothing"
+    assert result.stop_reason == "failed" and result.steps == outage.raised_at.step
+    last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
+    assert last["trainer"]["best_step"] == outage.raised_at.step
+    assert best["trainer"]["step"] == last["trainer"]["best_step"], "best.pt is older than the best the run recorded"
+    for k, v in last["model"].items():
+        assert torch.equal(best["model"][k], v), k
+
+
+def test_an_outage_at_a_step_end_loses_no_epoch_metric_evaluation_or_checkpoint(tmp_path, tiny_spec_dict):
+    """The stop takes effect once the step's work is done: its epoch's mean loss, its evaluation and its periodic
+    checkpoint happen, and a resumed run's events together with the first session's are the uninterrupted run's."""
+    spec = _resume_spec(tiny_spec_dict)  # 7 steps per epoch, 2 epochs
+    spec["train"]["eval"] = {"every_epochs": 1, "batches": 2}
+    spec["train"]["checkpoint"] = {"every_epochs": 1}
+
+    def events():
+        return _Collect(StepEnd), _Collect(EpochEnd), _Collect(EvalEnd)
+
+    full = events()
+    _build(spec, tmp_path / "full", list(full)).fit()
+    assert [e.step for e in full[2].events] == [0, 7, 14]
+
+    first = events()
+    outage = _StoreOutage(lambda e: isinstance(e, StepEnd) and e.step == 6)  # the step that ends epoch 1
+    result = _build(spec, tmp_path / "run", [*first, outage]).fit()
+    assert result.stop_reason == "failed" and result.steps == 7
+    assert [e.epoch for e in first[1].events] == [1], "the epoch's mean loss was not reported"
+    assert [e.step for e in first[2].events] == [0, 7], "the evaluation due after the step did not run"
+    assert (tmp_path / "run" / periodic_name(7)).is_file(), "the periodic checkpoint due after the step was not written"
+
+    second = events()
+    resumed = _build(spec, tmp_path / "run", list(second))
+    resumed.load(tmp_path / "run" / "last.pt")
+    assert resumed.fit().stop_reason == "completed"
+    for a, b, c in zip(full, first, second):
+        assert [(e.step, getattr(e, "loss", None)) for e in a.events] == [(e.step, getattr(e, "loss", None)) for e in b.events + c.events]
+    assert [e.train_loss for e in full[1].events] == [e.train_loss for e in first[1].events + second[1].events]
+    assert [e.metrics for e in full[2].events] == [e.metrics for e in first[2].events + second[2].events]
+
+
+def test_an_outage_at_the_evaluation_that_ends_patience_resumes_as_early_stopped(tmp_path, tiny_spec_dict):
+    """The evaluation that runs out of patience is in last.pt; the resumed run stops there, with the best weights,
+    instead of training on."""
+    tiny_spec_dict["train"].update(max_steps=60, eval={"every_steps": 2, "batches": 2}, optimizer={"name": "adamw", "lr": 1e-2},
+                                   early_stopping={"metric": "val/loss", "patience": 3, "min_delta": 100.0, "restore_best": True})
+    whole = _build(tiny_spec_dict, tmp_path / "whole")
+    initial = {k: v.clone() for k, v in whole.model.state_dict().items()}
+    assert whole.fit().steps == 6  # as in test_early_stopping_counts_patience_and_restores_best
+
+    outage = _StoreOutage(lambda e: isinstance(e, EvalEnd) and e.step == 6)
+    assert _build(tiny_spec_dict, tmp_path / "run", [outage]).fit().steps == 6
+    steps = _Collect(StepEnd)
+    resumed = _build(tiny_spec_dict, tmp_path / "run", [steps], init_seed=999)
+    resumed.load(tmp_path / "run" / "last.pt")
+    result = resumed.fit()
+    assert (result.stop_reason, result.steps, result.best_step) == ("early_stopped", 6, 0)
+    assert steps.events == [], "the resumed run trained past the evaluation that ended its patience"
+    assert all(torch.equal(v, initial[k]) for k, v in resumed.model.state_dict().items()), "the best weights were not restored"

@@ -138,7 +138,7 @@ def prune_periodic(folder: Path, keep: int | None) -> list[Path]:
 
 def capture_rng() -> dict[str, Any]:
     """Every RNG the run can touch, as tensors and plain data (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple (its stubs also allow a dict)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],

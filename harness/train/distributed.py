@@ -1,6 +1,8 @@
-"""One run on several processes (PyTorch DDP under ``torchrun``).
+"""The processes a run trains on, as the loop sees them: :class:`Ranks`, implemented by :class:`OneProcess` (a run
+alone, where every operation is the identity) and :class:`Distributed` (one rank of a PyTorch DDP run under
+``torchrun``). The loop calls the same methods either way, so it has one path.
 
-Every rank builds the same data, sampler and model (same seed), draws the same global batch and keeps its own
+DDP: every rank builds the same data, sampler and model (same seed), draws the same global batch and keeps its own
 disjoint shard of it; DistributedDataParallel averages the gradients, so every rank applies the same update and the
 weights stay identical. Rank 0 alone talks to MLflow and writes checkpoints; a resumed run's state reaches the other
 ranks from rank 0. Decisions that must agree (stop now, after Ctrl-C on any rank) are all-reduced.
@@ -13,17 +15,91 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
+from harness.data.prepare import PAD_TARGET
 from harness.errors import HarnessError
+from harness.train.loss import cross_entropy
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "OneProcess", "Ranks"]
+
+T = TypeVar("T")
+
+
+class Ranks(Protocol):
+    """What the training loop asks of the processes it runs on."""
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and hears the callbacks (rank 0; a run alone)."""
+        ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """What forward and backward run through."""
+        ...
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows of the global batch."""
+        ...
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The tensor to call backward on, and the mean loss over the whole global batch's graded targets."""
+        ...
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any process."""
+        ...
+
+    def broadcast(self, obj: T) -> T:
+        """The main process's ``obj``, on every process."""
+        ...
+
+    def agree_on_eval(self, metrics: dict[str, float], model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """The evaluation every process acts on."""
+        ...
+
+
+@dataclass(frozen=True)
+class OneProcess:
+    """A run in one process: the whole batch is its own, and every collective operation is the identity."""
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        return model
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        loss = cross_entropy(logits, y)
+        return loss, loss.item()
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        return flag
+
+    def broadcast(self, obj: T) -> T:
+        return obj
+
+    def agree_on_eval(self, metrics: dict[str, float], model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        return metrics
 
 
 @dataclass(frozen=True)
 class Distributed:
+    """One rank of a DDP run: the loop's :class:`Ranks`, and joining and leaving the process group (for the job)."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -89,6 +165,23 @@ class Distributed:
         # DDP broadcasts rank 0's parameters at construction, so every rank starts from the same weights.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's share of the global batch's mean loss, and that mean. Ranks can hold different numbers of
+        graded targets (instruct responses differ in length), so each rank's sum is divided by the global count; DDP
+        then averages the gradients over the ranks, hence the factor world_size."""
+        graded = self.sum(float((y != PAD_TARGET).sum()), logits.device)
+        loss_sum = cross_entropy(logits, y, reduction="sum")
+        global_mean = self.sum(loss_sum.item(), logits.device) / max(graded, 1.0)
+        return loss_sum * (self.world_size / max(graded, 1.0)), global_mean
+
+    def agree_on_eval(self, metrics: dict[str, float], model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Rank 0's figures, with ``ddp/param_divergence`` added. DDP keeps the replicas identical; the divergence shows
+        it (0.0), or shows that it did not. Rank 0's figures decide best and patience on every rank: float results can
+        differ in the last bits between devices, and ranks that disagreed about stopping would wait for each other
+        forever."""
+        metrics = {**metrics, "ddp/param_divergence": self.divergence(model, device)}
+        return self.broadcast(metrics)
+
     def sum(self, value: float, device: torch.device) -> float:
         """The sum of ``value`` over the ranks."""
         import torch.distributed as dist
@@ -96,14 +189,6 @@ class Distributed:
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t.item())
-
-    def mean(self, value: float, device: torch.device) -> float:
-        """The mean of ``value`` over the ranks (e.g. each rank's loss on its shard)."""
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when it is true on any (a stop request must stop all ranks at the same step)."""
@@ -113,11 +198,11 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def broadcast(self, obj: Any) -> Any:
+    def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (a checkpoint's state, a resumed run's spec)."""
         import torch.distributed as dist
 
-        box = [obj if self.is_main else None]
+        box: list[Any] = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Callback", "CheckpointSaved", "EpochEnd", "EvalEnd", "Event", "StepEnd", "StopReason", "StopTraining", "Stopping", "TrainResult"]
+__all__ = ["BestRestored", "Callback", "CheckpointSaved", "EpochEnd", "EvalEnd", "Event", "StepEnd", "StopReason", "StopTraining", "Stopping", "TrainResult"]
 
 
 class StopReason(str, enum.Enum):
@@ -69,6 +69,15 @@ class EvalEnd(Event):
     metrics: dict[str, float]  # "val/loss", "train/loss_eval", and "val/accuracy" for a classifier
     improved: bool
     best: float | None
+
+
+@dataclass(frozen=True)
+class BestRestored(Event):
+    """Early stopping put back the weights of ``best_step`` at the end of a run of ``step`` updates; ``metrics`` is
+    their evaluation, the run's final one (the EvalEnd before it described the weights that were dropped)."""
+
+    best_step: int
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,15 @@
 Step convention: ``step`` counts optimizer updates. ``train/loss`` at step s is the loss of the s-th batch under the
 weights after s updates, so step 0 is the untrained model; an evaluation after s updates is logged at step s.
 
-A run reads top-down in :meth:`Trainer._fit` (what ``fit`` runs): evaluate the untrained model, then repeat (take a batch, forward,
-backward, clip, update; bookkeeping; epoch end, evaluation, periodic checkpoint) until the steps run out, a stop is
-asked for, or patience runs out; then a final evaluation, and the best weights are restored if early stopping asks.
+A run reads top-down in :meth:`Trainer._fit` (what ``fit`` runs): evaluate the untrained model, then repeat (take a
+batch, forward, backward, clip, update; bookkeeping; epoch end, evaluation, checkpoints) until the steps run out, a
+stop is asked for, or patience runs out; then a final evaluation, and the best weights are restored if early
+stopping asks. The processes it runs on (one, or the ranks of a DDP run) are a :class:`~harness.train.distributed.Ranks`
+it calls at the few points where they differ.
+
+A callback stops the run by raising StopTraining. The stop takes effect before the next step, once the step's work
+(its epoch end, evaluation and checkpoints) is done: a store outage noticed in the middle of that work must not
+leave a best.pt older than the best the run recorded, nor a step whose evaluation never happens.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from harness.data.batches import Batches
+from harness.data.prepare import PAD_TARGET
 from harness.spec.schema import TrainSpec
 from harness.testing import faults
 from harness.train.checkpoint import BEST, LAST, capture_rng, load_checkpoint, periodic_name, prune_periodic, restore_rng, save_checkpoint
+from harness.train.distributed import OneProcess, Ranks
 from harness.train.events import (
+    BestRestored,
     Callback,
     CheckpointSaved,
     EpochEnd,
@@ -36,18 +44,13 @@ from harness.train.events import (
     StopTraining,
     TrainResult,
 )
+from harness.train.loss import cross_entropy
 from harness.train.optim import make_optimizer, make_scheduler
-from harness.train.runtime import StopSignals, ThreadGovernor, resolve_precision
+from harness.train.runtime import StopSignals, ThreadGovernor, resolve_precision, torch_threads
 
 __all__ = ["Trainer", "cross_entropy"]
 
 EvalSets = dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
-
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean loss over the counted targets: (B, T, V) against (B, T), flattened to (B*T, V); -100 targets (padding,
-    prompts) do not count. Computed in fp32 even under bf16 autocast, where a log-softmax loses too much."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
 
 
 @dataclass
@@ -76,12 +79,13 @@ class Trainer:
         governor: ThreadGovernor | None = None,
         classify: bool = False,
         step_cap: int | None = None,
-        dist: Any = None,
+        dist: Ranks | None = None,
     ):
         self.model = model.to(device)
-        self.dist = dist  # harness.train.distributed.Distributed under torchrun, else None
+        # the processes the run trains on: a torchrun group's rank (harness.train.distributed.Distributed), or alone
+        self.ranks: Ranks = dist if dist is not None else OneProcess()
         # what forward and backward run through: the DDP wrapper (it all-reduces the gradients) or the model itself
-        self.net = dist.wrap(self.model, device) if dist is not None else self.model
+        self.net = self.ranks.wrap(self.model, device)
         self.classify = classify  # evaluation also measures val/accuracy: argmax at the graded positions
         self.spec = spec
         self.batches = batches
@@ -111,7 +115,7 @@ class Trainer:
         self.elapsed_before = 0.0  # wall time of earlier sessions of this run
         self.resumed_from: Path | None = None
         self.resumed = False  # state came from a checkpoint (on every DDP rank, whichever read the file)
-        self._pending_stop: StopTraining | None = None  # DDP: a callback's stop, applied on every rank at the next step
+        self._pending_stop: StopTraining | None = None  # a callback's stop, applied before the next step (see _emit)
         self._t0: float | None = None
         self._params: list[torch.nn.Parameter] = []
         self.eval_every_steps, self.eval_every_epochs = self._eval_cadence()
@@ -198,17 +202,19 @@ class Trainer:
         self.resumed_from = Path(path) if path is not None else None  # None on a DDP follower: rank 0 read it
 
     def _read(self, path: Path | None) -> dict[str, Any]:
-        if self.dist is None:
-            return load_checkpoint(path)  # type: ignore[arg-type]
-        return self.dist.broadcast(load_checkpoint(path) if self.dist.is_main else None)  # type: ignore[arg-type]
+        """A checkpoint's state: read by the main process, and sent to the others."""
+        return self.ranks.broadcast(load_checkpoint(path) if self.ranks.is_main else None)  # type: ignore[arg-type]
 
     # -- the run -----------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        try:
-            return self._fit()
-        finally:
-            if self.governor is not None:
-                self.governor.restore()  # the process's next run starts from the machine's thread count again
+        # train.threads: exactly that many threads while the run trains, and the process's own count again after it
+        # (a sweep's next trial, or the next run of a notebook, must not inherit this run's pin)
+        with torch_threads(self.spec.threads):
+            try:
+                return self._fit()
+            finally:
+                if self.governor is not None:
+                    self.governor.restore()  # the process's next run starts from the machine's thread count again
 
     def _fit(self) -> TrainResult:
         self._t0 = time.perf_counter()
@@ -216,26 +222,26 @@ class Trainer:
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         out = _Outcome()
         with StopSignals() as signals:
-            try:
-                if self.step == 0 and not self.resumed:
-                    out.reason = self._evaluate_and_track()  # step 0: the untrained model, to compare with ln(vocab)
-                while out.reason is None and self.step < self.total_steps:
-                    if self._stop_asked(signals, out):
-                        break
-                    self._tick()
-                    self._train_step(out)
-                if out.reason is None and self.dist is not None:
-                    self._stop_asked(signals, out)  # a stop asked during the last step: every rank skips the final evaluation
-                if out.reason is None:
-                    out.reason = StopReason.COMPLETED
-                if out.reason is StopReason.COMPLETED and self.last_eval_at != self.step:
+            if self.step == 0 and not self.resumed:
+                out.reason = self._evaluate_and_track()  # step 0: the untrained model, to compare with ln(vocab)
+            elif self._patience_ran_out():
+                out.reason = StopReason.EARLY_STOPPED  # stopped (an outage, Ctrl-C) at the evaluation that ended it
+            while out.reason is None and self.step < self.total_steps and not self._stop_asked(signals, out):
+                self._tick()
+                self._train_step(out)
+            if out.reason is None and not self._stop_asked(signals, out):  # (a stop asked during the last step)
+                out.reason = StopReason.COMPLETED
+                if self.last_eval_at != self.step:
                     self._evaluate_and_track()  # always end with an evaluation of the final weights
-            except StopTraining as request:
-                out.reason, out.message = request.reason, request.message
+                self._take_pending_stop(out)
             if out.reason in (StopReason.INTERRUPTED, StopReason.PRUNED, StopReason.FAILED):
                 self._save(LAST, "last")  # so the run can be resumed (or inspected) where it stopped
+        assert out.reason is not None  # every way out of the loop above sets it
         if out.reason is StopReason.EARLY_STOPPED:
             self._restore_best(out)
+        if self._pending_stop is not None and out.reason is not self._pending_stop.reason:
+            # the run stopped for its own reason (patience, divergence) where a callback asked it to stop: say both
+            out.message = "; ".join(m for m in (out.message, self._pending_stop.message) if m)
         return TrainResult(
             stop_reason=out.reason,
             steps=self.step,
@@ -255,19 +261,13 @@ class Trainer:
         x, y = self.batches.next()
         epoch_end = self.batches.at_epoch_start  # the batch just drawn was the epoch's last
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        x, y = self.ranks.shard(x, y)  # under DDP every rank drew the same global batch and trains on its slice
         lr = self.optimizer.param_groups[0]["lr"]
-
-        if self.dist is not None:  # every rank drew the same global batch; each trains on its own slice of it
-            x, y = self.dist.shard(x, y)
 
         # forward and backward
         with self._autocast():
             logits = self.net(x)
-        if self.dist is None:
-            loss = cross_entropy(logits, y)
-            loss_value = loss.item()
-        else:
-            loss, loss_value = self._global_mean_loss(logits, y)
+        loss, loss_value = self.ranks.loss(logits, y)
         if not math.isfinite(loss_value):
             self._diverged(out, lr, loss_value, float("nan"), f"loss became {loss_value} at step {self.step}")
             return
@@ -288,12 +288,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-        # Bookkeeping for the whole step before telling anyone: a callback may stop the run (or the process may die)
-        # during the events, and a checkpoint taken then must describe a whole step.
+        # Bookkeeping for the whole step before telling anyone: the process may die during the events, and a
+        # checkpoint taken then must describe a whole step.
         epoch_mean = self._count_step(loss_value, epoch_end)
+        tokens_per_sec = x.numel() * self.ranks.world_size / max(time.perf_counter() - t_step, 1e-9)
         self._emit(StepEnd(step=self.step - 1, epoch=self.epoch - int(epoch_mean is not None), loss=loss_value, lr=lr,
-                           grad_norm=norm_value, clipped=clip is not None and norm_value > clip,
-                           tokens_per_sec=x.numel() * (self.dist.world_size if self.dist else 1) / max(time.perf_counter() - t_step, 1e-9)))
+                           grad_norm=norm_value, clipped=clip is not None and norm_value > clip, tokens_per_sec=tokens_per_sec))
         faults.point("step")
 
         # what is due after the step
@@ -304,17 +304,6 @@ class Trainer:
         if self._periodic_checkpoint_due(epoch_end):
             self._save(periodic_name(self.step), "periodic")
             prune_periodic(self.checkpoint_dir, self.spec.checkpoint.keep)
-
-    def _global_mean_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """DDP: this rank's share of the global batch's mean loss, and that mean. Ranks can hold different numbers of
-        graded targets (instruct responses differ in length), so each rank's sum is divided by the global count; DDP
-        then averages the gradients over the ranks, hence the factor world_size."""
-        assert self.dist is not None
-        graded = float((y != -100).sum())
-        total = self.dist.sum(graded, self.device)
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100, reduction="sum")
-        global_mean = self.dist.sum(loss_sum.item(), self.device) / max(total, 1.0)
-        return loss_sum * (self.dist.world_size / max(total, 1.0)), global_mean
 
     def _count_step(self, loss_value: float, epoch_end: bool) -> float | None:
         """Advance step (and epoch) counters; returns the epoch's mean train loss when an epoch just ended."""
@@ -340,11 +329,17 @@ class Trainer:
         if es is None or not es.restore_best or self.best_step is None:
             return
         have = (self.checkpoint_dir / BEST).is_file()  # not when resumed on a machine that fetched only last.pt
-        if not (have if self.dist is None else self.dist.broadcast(have)):
+        if not self.ranks.broadcast(have):
             return
         self.model.load_state_dict(self._read(self.checkpoint_dir / BEST)["model"])
+        # the run's final evaluation is of the weights it keeps (the one before described the weights it dropped)
         self.last_eval = self.evaluate()
+        self._emit(BestRestored(step=self.step, best_step=self.best_step, metrics=dict(self.last_eval)))
         out.message = f"restored the best weights from step {self.best_step}"
+
+    def _patience_ran_out(self) -> bool:
+        es = self.spec.early_stopping
+        return es is not None and self.bad_evals >= es.patience
 
     # -- evaluation --------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -365,7 +360,7 @@ class Trainer:
                     x, y = x.to(self.device), y.to(self.device)
                     with self._autocast():
                         logits = self.model(x)
-                    graded = y != -100
+                    graded = y != PAD_TARGET
                     n = int(graded.sum())
                     total += cross_entropy(logits, y).item() * n
                     count += n
@@ -380,14 +375,12 @@ class Trainer:
         return out
 
     def _evaluate_and_track(self) -> StopReason | None:
-        """Evaluate, track the best value, save best/last checkpoints; EARLY_STOPPED when patience runs out."""
-        metrics = self.evaluate()
-        if self.dist is not None:
-            # DDP keeps the replicas identical; this shows it (0.0), or shows that it did not
-            metrics["ddp/param_divergence"] = self.dist.divergence(self.model, self.device)
-            # rank 0's figures decide best and patience on every rank: float results can differ in the last bits
-            # between devices, and ranks that disagreed about stopping would wait for each other forever
-            metrics = self.dist.broadcast(metrics)
+        """Evaluate, track the best value, save best/last checkpoints; EARLY_STOPPED when patience runs out.
+
+        The evaluation is told (and its metrics written) before the checkpoints: a checkpoint never runs ahead of
+        the metrics, so a run killed in between repeats the evaluation when it resumes. A callback's stop waits until
+        both checkpoints are written (see _emit)."""
+        metrics = self.ranks.agree_on_eval(self.evaluate(), self.model, self.device)
         self.last_eval, self.last_eval_at = metrics, self.step
         value = metrics.get(self.watch)
         improved = False
@@ -401,9 +394,7 @@ class Trainer:
         if improved:
             self._save(BEST, "best")
         self._save(LAST, "last")
-        if es and self.bad_evals >= es.patience:
-            return StopReason.EARLY_STOPPED
-        return None
+        return StopReason.EARLY_STOPPED if self._patience_ran_out() else None
 
     def _improves(self, value: float, min_delta: float) -> bool:
         """Whether ``value`` beats the best so far by more than ``min_delta``, in the watched metric's direction."""
@@ -412,20 +403,24 @@ class Trainer:
         return value > self.best + min_delta if self.higher_is_better else value < self.best - min_delta
 
     def _stop_asked(self, signals: StopSignals, out: _Outcome) -> bool:
-        """Whether to stop before the next step, setting ``out``: Ctrl-C or SIGTERM seen, or (under DDP, where a
-        callback's stop is held until here) a callback asked. Under DDP the ranks agree: all stop after the same step."""
-        asked = signals.received is not None or self._pending_stop is not None
-        if self.dist is not None:
-            asked = self.dist.any(asked, self.device)
+        """Whether to stop before the next step, setting ``out``: a callback asked (its stop is held until here), or
+        Ctrl-C or SIGTERM was seen. Under DDP the ranks agree: all stop after the same step."""
+        asked = self.ranks.any(signals.received is not None or self._pending_stop is not None, self.device)
         if not asked:
             return False
-        if self._pending_stop is not None:
-            out.reason, out.message = self._pending_stop.reason, self._pending_stop.message
+        if self._take_pending_stop(out):
             return True
         out.reason, out.signal = StopReason.INTERRUPTED, signals.received
         if signals.received is None:
             out.message = "another rank of this DDP run stopped"
         self._emit(Stopping(step=self.step, reason=StopReason.INTERRUPTED, doing="saving a checkpoint, then writing the buffered metrics"))
+        return True
+
+    def _take_pending_stop(self, out: _Outcome) -> bool:
+        """Apply a callback's held stop to ``out``; whether there was one."""
+        if self._pending_stop is None:
+            return False
+        out.reason, out.message = self._pending_stop.reason, self._pending_stop.message
         return True
 
     def _eval_due(self, epoch_end: bool) -> bool:
@@ -441,13 +436,13 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
+        """Tell every callback. A callback's StopTraining is held, not raised: the step's remaining work (its epoch
+        end, evaluation, best and last checkpoints) still happens, and the stop takes effect before the next step
+        (:meth:`_stop_asked`), on every DDP rank (only rank 0 has callbacks). The first stop asked for wins."""
         for cb in self.callbacks:
             try:
                 cb(event)
             except StopTraining as request:
-                if self.dist is None:
-                    raise
-                # Only rank 0 has callbacks; its stop must reach the other ranks before they start another step.
                 self._pending_stop = self._pending_stop or request
 
     def _tick(self) -> None:
@@ -456,7 +451,7 @@ class Trainer:
             self.governor.tick()
 
     def _mask_stream(self) -> Any:
-        """The model's dropout stream (harness.model.MaskStream), whose state every checkpoint carries; None for a
+        """The model's dropout stream (harness.dropout.MaskStream), whose state every checkpoint carries; None for a
         model without one."""
         return getattr(self.model, "masks", None)
 
@@ -466,7 +461,7 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _save(self, name: str, kind: str) -> None:
-        if self.dist is not None and not self.dist.is_main:
+        if not self.ranks.is_main:
             return  # every rank holds the same state; rank 0 writes it
         path = self.checkpoint_dir / name
         save_checkpoint(self.state_dict(), path, keep_previous=(kind == "last"))

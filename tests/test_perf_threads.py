@@ -182,3 +182,22 @@ def test_torch_threads_sets_the_count_inside_the_block_only():
     with pytest.raises(RuntimeError), torch_threads(other):
         raise RuntimeError("the count is put back on the way out")
     assert torch.get_num_threads() == before
+
+
+def test_a_pinned_thread_count_holds_while_the_run_trains_and_is_undone_after_it(tiny_spec_dict):
+    """train.threads is this run's, not the process's: the next run in the process (a sweep's next trial, a notebook's
+    next cell) starts from the count it had before."""
+    from harness.job.build import build
+    from harness.train import StepEnd
+
+    before = torch.get_num_threads()
+    pinned = before + 1
+    tiny_spec_dict["train"]["threads"] = pinned
+    during: list[int] = []
+    built = build(spec_from_dict(tiny_spec_dict), None, [lambda e: during.append(torch.get_num_threads()) if isinstance(e, StepEnd) else None])
+    try:
+        built.trainer.fit()
+        assert during and set(during) == {pinned}
+        assert torch.get_num_threads() == before, "the run's pinned thread count leaked into the process"
+    finally:
+        torch.set_num_threads(before)

@@ -2,10 +2,13 @@
 
 Importable helpers (no pytest needed):
 
-* ``start_postgres(base_dir) -> PostgresServer``: ``initdb`` a fresh cluster under ``base_dir`` (trust auth, superuser
-  ``harness``), start it with ``pg_ctl`` on a free loopback port, create the databases ``harness`` and ``mlflow``.
-  ``.url(db)`` is a SQLAlchemy URL for psycopg 3 (``postgresql+psycopg://harness@127.0.0.1:PORT/db``); ``.pid`` is
-  the postmaster's pid, ``.port`` its port; ``.stop()`` stops it by pid (idempotent).
+* ``start_postgres(base_dir) -> PostgresServer``: ``initdb`` a fresh cluster under ``base_dir`` (superuser
+  ``harness``, no password), start it with ``pg_ctl`` on a free port of two loopback addresses (127.0.0.1 and
+  ``SECOND_LOOPBACK``, 127.0.0.2: Linux routes all of 127/8 to ``lo``, so one server looks like two hosts), create the
+  databases ``harness`` and ``mlflow``. ``.url(db)`` is a SQLAlchemy URL for psycopg 3
+  (``postgresql+psycopg://harness@127.0.0.1:PORT/db``); ``.pid`` is the postmaster's pid, ``.port`` its port;
+  ``.stop()`` stops it by pid (idempotent). Host connections of the superuser are trusted; every other role logs in
+  with its password (SCRAM): ``.create_role(name, password)`` and ``.create_database(name, owner=)`` make them.
 * ``start_mlflow_server(base_dir, backend_store_uri) -> MlflowServer``: ``python -m mlflow server`` with proxied
   artifacts under ``base_dir/artifacts``, one worker, in its own process group; ready when ``GET /health`` is 200.
   ``.uri`` is ``http://127.0.0.1:PORT``; ``.stop()`` stops the whole process group by pid (idempotent).
@@ -47,13 +50,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "MlflowServer",
+    "PG_HBA",
     "PostgresServer",
+    "SECOND_LOOPBACK",
     "ServerUnavailable",
     "find_postgres_binaries",
     "free_port",
+    "require_second_loopback",
     "start_mlflow_server",
     "start_postgres",
 ]
@@ -62,6 +69,17 @@ PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = "apt-get update && apt-get install -y postgresql"
 PG_USER = "harness"  # the cluster's superuser (initdb -U); nothing to do with the OS user that runs the server
 DATABASES = ("harness", "mlflow")
+SECOND_LOOPBACK = "127.0.0.2"  # the server's second address: another "host name" for the same database
+# The superuser (the fixtures' URLs) connects without a password; every other role must give its password, as on a
+# real server, so a test can check where a password in a URL ends up.
+PG_HBA = """\
+# written by tests/servers.py
+local all all            trust
+host  all harness 127.0.0.0/8  trust
+host  all harness ::1/128      trust
+host  all all     127.0.0.0/8  scram-sha-256
+host  all all     ::1/128      scram-sha-256
+"""
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
@@ -306,6 +324,27 @@ class PostgresServer:
         """Plain libpq connection string (for psql, psycopg.connect)."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{db}"
 
+    def _admin(self, statement: Any) -> None:
+        import psycopg
+
+        with psycopg.connect(self.libpq_url("postgres"), autocommit=True) as conn:  # CREATE DATABASE needs autocommit
+            conn.execute(statement)
+
+    def create_role(self, name: str, password: str) -> None:
+        """A login role that authenticates with ``password`` (SCRAM) on host connections."""
+        from psycopg import sql
+
+        self._admin(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
+
+    def create_database(self, name: str, *, owner: str | None = None) -> None:
+        """A new, empty database (owned by ``owner``, else the superuser)."""
+        from psycopg import sql
+
+        stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if owner is not None:
+            stmt = sql.SQL("{} OWNER {}").format(stmt, sql.Identifier(owner))
+        self._admin(stmt)
+
     def alive(self) -> bool:
         return self.pid is not None and _pid_alive(self.pid, self._pid_start)
 
@@ -434,6 +473,8 @@ def start_postgres(base_dir: Path, *, timeout: float = 60.0, databases: tuple[st
         )
         if databases:  # single-user mode: needs neither a client program nor a Python driver
             _create_databases(run_as, env, root, bin_dir, data_dir, databases)
+        # Overwritten in place, so it keeps the owner and mode initdb gave it (the server's user reads it).
+        (data_dir / "pg_hba.conf").write_text(PG_HBA)
 
         server = PostgresServer(
             bin_dir=bin_dir,
@@ -451,7 +492,8 @@ def start_postgres(base_dir: Path, *, timeout: float = 60.0, databases: tuple[st
         for attempt in range(3):  # a free port can be taken between free_port() and the bind: retry with another
             port = server.port = free_port()
             opts = (
-                f"-p {port} -k {shlex.quote(str(socket_dir))} -c listen_addresses=127.0.0.1 "
+                # An address that cannot be bound (no 127.0.0.2 outside Linux) is only a warning: 127.0.0.1 still serves.
+                f"-p {port} -k {shlex.quote(str(socket_dir))} -c listen_addresses=127.0.0.1,{SECOND_LOOPBACK} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             )
             try:
@@ -670,6 +712,18 @@ def _require_driver() -> None:
             "the PostgreSQL driver psycopg (version 3) is not installed, so postgresql+psycopg:// URLs cannot connect. "
             "Install it with: pip install -e '.[postgres]' (or pip install 'psycopg[binary]>=3.1')"
         )
+
+
+def require_second_loopback(server: PostgresServer) -> str:
+    """``SECOND_LOOPBACK`` when ``server`` answers there (a second "host" for one database); else skip, or fail under
+    ``HARNESS_REQUIRE_SERVERS=1``, saying what is missing."""
+    try:
+        socket.create_connection((SECOND_LOOPBACK, server.port), timeout=5).close()
+    except OSError as exc:
+        _unavailable(ServerUnavailable(
+            f"PostgreSQL does not answer on the second loopback address {SECOND_LOOPBACK}:{server.port} ({exc}). Linux routes "
+            f"all of 127.0.0.0/8 to lo; elsewhere add the address first (macOS: sudo ifconfig lo0 alias {SECOND_LOOPBACK} up)"))
+    return SECOND_LOOPBACK
 
 
 if pytest is not None:

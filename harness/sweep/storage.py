@@ -3,9 +3,12 @@
 * Storage: ``--storage`` or ``sweep.storage``, else ``HARNESS_STUDY_STORAGE``, else ``studies/<study>.db`` (SQLite) in
   the project root. Any Optuna RDB
   URL works (PostgreSQL for several machines), and a path ending in ``.log`` (or ``journal:<path>``) is a journal file.
-* The study lock is held while a study is created or joined and while a worker takes its next trial. It lives where
-  the study lives: a PostgreSQL advisory lock (or MySQL ``GET_LOCK``) in the study database itself, so it holds across
-  machines; a file lock next to a SQLite or journal file, which only one machine can share anyway.
+* The study lock is held while a study is created or joined (so Optuna creates its tables in a fresh database once)
+  and while a worker takes its next trial. It lives where the study lives: a PostgreSQL advisory lock (or MySQL
+  ``GET_LOCK``) in the study database itself, so it holds across machines; a file lock next to a SQLite or journal
+  file, which only one machine can share anyway. It depends on what the storage is, not on how a machine spells its
+  URL: machines that reach one database as ``127.0.0.1``, ``localhost`` or another address, with or without an
+  explicit driver (``postgresql+psycopg://``), take one lock (see :func:`study_lock`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import UsageError
+from harness.testing import faults
 from harness.tracking.store import local_lock, parse_store_url, project_root, quiet_mlflow
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "MAX_CRASH_RETRIES", "TrialStore", "close_storage", "make_storage", "retried_numbers",
-           "storage_url", "study_lock"]
+__all__ = ["GRACE_S", "HEARTBEAT_S", "MAX_CRASH_RETRIES", "TrialStore", "close_storage", "lock_file", "make_storage",
+           "retried_numbers", "storage_url", "study_lock"]
 
 HEARTBEAT_S = 20  # a running trial records a heartbeat this often
 GRACE_S = 90  # a trial whose heartbeat is older than this is stale: its worker died (on any machine)
@@ -135,27 +139,39 @@ class TrialStore:
         return True
 
 
-def _lock_key(url: str, study_name: str) -> int:
-    """A stable 63-bit key for (storage, study): the same in every process and on every machine."""
-    digest = hashlib.sha256(f"{parse_store_url(url).absolute()}|{study_name}".encode()).digest()
+def _lock_key(study_name: str) -> int:
+    """A stable 63-bit advisory-lock key for a study: the same in every process and on every machine. It depends on the
+    study alone: PostgreSQL scopes an advisory lock to the database it is taken in, so the database needs no part in
+    it (and the URL's spelling, which differs from machine to machine, must have none)."""
+    digest = hashlib.sha256(f"harness-study|{study_name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+def lock_file(url: str, study_name: str) -> Path | None:
+    """The file :func:`study_lock` locks for a journal or SQLite storage: next to the storage's file, found by its real
+    path (a relative path, a symlink and the absolute path name one file, so they name one lock). None for a database
+    server, whose lock lives in the database."""
+    if _is_journal(url):
+        path = Path(os.path.realpath(url.removeprefix("journal:")))
+        return path.with_name(f".{path.name}.{study_name}.lock")
+    store = parse_store_url(url)
+    if store.kind != "sqlite":
+        return None
+    db = Path(os.path.realpath(store.path)) if store.path is not None else Path(tempfile.gettempdir()) / "harness-memory.db"
+    return db.with_name(f".{db.name}.{study_name}.lock")
 
 
 @contextlib.contextmanager
 def study_lock(url: str, study_name: str) -> Iterator[None]:
-    """Exclusive access to the study's set-up and trial hand-out, for every process that uses this storage."""
-    if _is_journal(url):
-        path = Path(url.removeprefix("journal:")).resolve()
-        with local_lock(path.with_name(f".{path.name}.{study_name}.lock")):
+    """Exclusive access to the study's set-up and trial hand-out, for every process that uses this storage, however
+    it spells the storage's URL."""
+    faults.point("study_lock")  # tests hold every process here at once: a fresh database's schema creation then races
+    path = lock_file(url, study_name)
+    if path is not None:
+        with local_lock(path):
             yield
         return
-    store = parse_store_url(url)
-    if store.kind == "sqlite":
-        db = store.path.resolve() if store.path is not None else Path(tempfile.gettempdir()) / "harness-memory.db"
-        with local_lock(db.with_name(f".{db.name}.{study_name}.lock")):
-            yield
-        return
-    with _database_lock(url, _lock_key(url, study_name)):
+    with _database_lock(url, study_name):
         yield
 
 
@@ -168,7 +184,7 @@ def _lock_engine(url: str) -> Any:
 
 
 @contextlib.contextmanager
-def _database_lock(url: str, key: int) -> Iterator[None]:
+def _database_lock(url: str, study_name: str) -> Iterator[None]:
     """A session-level lock in the database: PostgreSQL's advisory lock or MySQL's GET_LOCK (held on its own
     connection, released when the block ends or the connection dies with its process)."""
     from sqlalchemy import text
@@ -178,14 +194,18 @@ def _database_lock(url: str, key: int) -> Iterator[None]:
     # AUTOCOMMIT: a session lock held by a connection idle in a transaction could be cut by idle-transaction timeouts
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if dialect == "postgresql":
+            key: int | str = _lock_key(study_name)
             conn.execute(text("select pg_advisory_lock(:k)"), {"k": key})
             release = text("select pg_advisory_unlock(:k)")
         elif dialect in ("mysql", "mariadb"):
-            conn.execute(text("select get_lock(:k, -1)"), {"k": f"harness-{key}"})
+            # GET_LOCK's names are server-wide: the database, as the server names it, keeps two databases' studies apart
+            database = conn.execute(text("select database()")).scalar()
+            key = "harness-" + hashlib.sha256(f"{database}|{study_name}".encode()).hexdigest()[:40]
+            conn.execute(text("select get_lock(:k, -1)"), {"k": key})
             release = text("select release_lock(:k)")
         else:
             raise UsageError(f"sweeps on {dialect} storages are not supported (no cross-machine lock); use PostgreSQL, MySQL or SQLite")
         try:
             yield
         finally:
-            conn.execute(release, {"k": key if dialect == "postgresql" else f"harness-{key}"})
+            conn.execute(release, {"k": key})

@@ -40,10 +40,12 @@ class Machine:
         self.env.update(HOME=str(self.dir / "home"), TMPDIR=str(self.dir / "tmp"), MLFLOW_TRACKING_URI=tracking_uri)
         self.log = self.dir / "harness.log"
 
-    def start(self, spec: dict, storage: str, *args: str, **env: str) -> subprocess.Popen:
+    def start(self, spec: dict, storage: str | None, *args: str, quiet: bool = True, **env: str) -> subprocess.Popen:
+        """``harness run`` on ``spec`` with ``--storage storage`` (None: the spec's ``sweep.storage``)."""
         path = write_spec(self.dir / "work", spec)
+        flags = (["--storage", storage] if storage else []) + (["-q"] if quiet else [])
         with open(self.log, "a") as log:
-            return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--storage", storage, "-q", *args],
+            return subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), *flags, *args],
                                     cwd=self.dir / "work", env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -163,6 +165,87 @@ def test_two_invocations_of_a_tpe_study_run_exactly_n_trials(servers, tmp_path):
     assert {t.user_attrs["pid"] for t in trials} == {p.pid for p in procs}, "both invocations ran trials"
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
     assert sum(r.data.tags.get("harness.role") == "trial" for r in runs) == 10
+
+
+def test_three_machines_spelling_one_password_database_three_ways_share_one_lock_and_keep_the_password(pg_server, mlflow_server,
+                                                                                                        tmp_path):
+    """Separate machines name one database the way they reach it: by address, as localhost, through another address
+    and with an explicit driver. All three start together on a fresh database (the barrier releases them at their first
+    study lock at once, so Optuna's schema creation races) and must hold one lock: no crash, every grid point once.
+    The password reaches no tag, param, artifact, study attribute or printed line (issue 20, defects 2 and 3)."""
+    from mlflow import MlflowClient
+
+    from harness.errors import UsageError
+    from harness.results import study as study_frame
+    from servers import require_second_loopback
+
+    second = require_second_loopback(pg_server)
+    token = uuid.uuid4().hex[:8]
+    role, password, db = f"sweeper_{token}", f"Pw{token}Secret", f"fresh_{token}"  # unique: any match is a leak
+    pg_server.create_role(role, password)
+    pg_server.create_database(db, owner=role)
+    port = pg_server.port
+    spellings = [f"postgresql://{role}:{password}@127.0.0.1:{port}/{db}",
+                 f"postgresql://{role}:{password}@localhost:{port}/{db}",
+                 f"postgresql+psycopg://{role}:{password}@{second}:{port}/{db}"]
+    uri, client = mlflow_server.uri, MlflowClient(tracking_uri=mlflow_server.uri)
+    name = f"spell-{token}"
+    lrs = [1e-3, 2e-3, 3e-3, 4e-3]
+    machines = [Machine(tmp_path, f"s{i}", uri) for i in range(3)]
+    barrier = tmp_path / "barrier"
+    # Each machine's spec names the database (sweep.storage), so the parent run's params and spec.yaml carry it too.
+    procs = [m.start(_spec(name, lrs, storage=url), None, quiet=False, HARNESS_BARRIER_AT=f"study_lock:3:{barrier}")
+             for m, url in zip(machines, spellings)]
+    codes = _wait(procs, machines)
+    outputs = [m.output() for m in machines]
+    assert codes == [0, 0, 0], "\n\n".join(outputs)
+    assert faults.arrived(barrier) == sorted(str(p.pid) for p in procs), "all three met at the study lock"
+
+    trials = _trials(spellings[2], name)
+    assert len(trials) == len(lrs)
+    assert sorted(t.params["train.optimizer.lr"] for t in trials if t.state.name == "COMPLETE") == lrs
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(float(r.data.params["train.optimizer.lr"]) for r in children) == lrs
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+    # Where the storage URL is still shown, it is shown without its password.
+    shown = {url.replace(password, "***") for url in spellings}
+    assert parents[0].data.tags["harness.storage"] in shown
+    assert parents[0].data.params["sweep.storage"] in shown
+    spec_yaml = Path(client.download_artifacts(parents[0].info.run_id, "spec.yaml", str(tmp_path / "spec"))).read_text()
+    assert f"{role}:***@" in spec_yaml
+    assert all(f"{role}:***@" in out for out in outputs), outputs
+
+    leaks = [f"output of {m.dir.name}" for m, out in zip(machines, outputs) if password in out]
+    for run in runs:
+        rid = run.info.run_id
+        leaks += [f"run {rid} tag {k}" for k, v in run.data.tags.items() if password in k or password in v]
+        leaks += [f"run {rid} param {k}" for k, v in run.data.params.items() if password in k or password in v]
+        folder = Path(client.download_artifacts(rid, "", str(tmp_path / "artifacts" / rid)))
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        assert files, f"run {rid} has no artifacts"
+        leaks += [f"run {rid} artifact {f.relative_to(folder)}" for f in files if password.encode() in f.read_bytes()]
+    for t in trials:
+        leaks += [f"trial {t.number} attribute {k}" for k, v in {**t.user_attrs, **t.system_attrs}.items() if password in str(v)]
+    import optuna
+
+    rdb = optuna.storages.RDBStorage(spellings[0])
+    try:
+        attrs = {**rdb.get_study_user_attrs(rdb.get_study_id_from_name(name)), **rdb.get_study_system_attrs(rdb.get_study_id_from_name(name))}
+        leaks += [f"study attribute {k}" for k, v in attrs.items() if password in str(v)]
+    finally:
+        rdb.engine.dispose()
+    assert not leaks, leaks
+
+    # The parent run keeps the storage without its password: looking the study up by name says how to give it.
+    with pytest.raises(UsageError, match="--storage") as missing:
+        study_frame(name, uri=uri)
+    assert password not in str(missing.value) and f"{role}:***@" in str(missing.value)
+    assert len(study_frame(name, storage=spellings[1], uri=uri)) == len(lrs)
 
 
 # ------------------------------------------------------------------------------------ the README's block, as written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.cli.output import print_err
+from harness.cli.output import print_err, shown_text, shown_url
 
 __all__ = ["add_commands"]
 
@@ -33,14 +33,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for w in plan.warnings:
         print_err("\n" + "!" * 100 + f"\n{w}\n" + "!" * 100 + "\n")
     if plan.argv is None:
-        print(f"the tracking store is a server already: open {plan.url}")
+        print(f"the tracking store is a server already: open {shown_url(plan.url)}")
         return 0
     if args.dry_run:
         import shlex
 
-        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()) + f" {plan.command}")
+        print(shown_text(" ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()) + f" {plan.command}"))
         return 0
-    print(f"MLflow UI for {plan.store}")
+    print(f"MLflow UI for {shown_url(plan.store)}")
     print(f"  starting at {plan.url}  (one worker; takes a few seconds; Ctrl-C to stop)", flush=True)
 
     def ready() -> None:
@@ -58,12 +58,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not plan.installed:
         print("optuna-dashboard is not installed. Install it, then run the dashboard on this study's storage:\n")
         print(f"  {plan.install}")
-        print(f"  {plan.command}\n")
+        print(f"  {shown_text(plan.command)}\n")  # a password in the storage URL is shown as ***
         print(f"(study '{plan.study}'; it will be at {plan.url})")
         return 2
     if args.dry_run:
-        print(plan.command)
+        print(shown_text(plan.command))
         return 0
-    print(f"optuna-dashboard for study '{plan.study}' in {plan.storage}")
+    print(f"optuna-dashboard for study '{plan.study}' in {shown_url(plan.storage)}")
     print(f"  open {plan.url}  (Ctrl-C to stop)", flush=True)
     return serve.serve_dashboard(plan)

@@ -14,6 +14,7 @@ from harness.errors import UsageError
 from harness.tracking import client_for, tracking_uri
 from harness.tracking.store import require_store
 from harness.tracking.lookup import RUN_ID, resolve_run_id
+from harness.tracking.redact import redact_url
 
 __all__ = ["RUN_ID", "all_experiment_ids", "children", "experiment_names", "get_run", "open_store", "quote_ok", "role", "search_runs", "select_runs"]
 
@@ -116,9 +117,9 @@ def select_runs(client: Any, selector: str | Sequence[str], *, uri: str = "", in
 
 def _unknown(client: Any, sel: str, uri: str) -> str:
     if RUN_ID.match(sel):
-        return f"no run with id '{sel}' in the tracking store {uri}"
+        return f"no run with id '{sel}' in the tracking store {redact_url(uri)}"
     names = sorted(e.name for e in client.search_experiments())
-    msg = f"no experiment, run id or study '{sel}' in the tracking store {uri}"
+    msg = f"no experiment, run id or study '{sel}' in the tracking store {redact_url(uri)}"
     close = difflib.get_close_matches(sel, names, n=3)
     if close:
         msg += f"; did you mean {', '.join(repr(c) for c in close)}?"

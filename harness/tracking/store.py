@@ -17,6 +17,7 @@ from typing import Any, Iterator, Literal
 from urllib.parse import unquote, urlparse
 
 from harness.errors import HarnessError
+from harness.tracking.redact import redact_text, redact_url
 
 __all__ = [
     "STORE_DIR",
@@ -96,7 +97,7 @@ def parse_store_url(url: str) -> StoreURL:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise TrackingError(f"cannot parse the store URL {url!r}: {exc}") from None
+        raise TrackingError(redact_text(f"cannot parse the store URL {url!r}: {exc}")) from None
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         return StoreURL(url, "sqlite", Path(db) if db and db != ":memory:" else None)
@@ -163,15 +164,15 @@ def _check_sql(uri: str) -> None:
     try:
         engine = create_engine(uri, pool_pre_ping=False)
     except ImportError as exc:
-        raise TrackingError(f"the database driver for {_redacted(uri)} is not installed ({exc}); install it with: {POSTGRES_INSTALL}") from None
+        raise TrackingError(f"the database driver for {redact_url(uri)} is not installed ({exc}); install it with: {POSTGRES_INSTALL}") from None
     except Exception as exc:
-        raise TrackingError(f"cannot use the store {_redacted(uri)}: {str(exc).splitlines()[0][:300]}") from None
+        raise TrackingError(f"cannot use the store {redact_url(uri)}: {redact_text(str(exc).splitlines()[0][:300])}") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
-        raise TrackingError(f"the database {_redacted(uri)} is not reachable ({reason}); start it or fix the URL") from None
+        reason = redact_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300])
+        raise TrackingError(f"the database {redact_url(uri)} is not reachable ({reason}); start it or fix the URL") from None
     finally:
         engine.dispose()
 
@@ -186,17 +187,7 @@ def _check_http(uri: str) -> None:
             resp.read(64)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"the MLflow tracking server at {uri} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI") from None
-
-
-def _redacted(url: str) -> str:
-    """A SQL URL with its password hidden, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        raise TrackingError(f"the MLflow tracking server at {redact_url(uri)} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI") from None
 
 
 # ----------------------------------------------------------------------------------------------------------- client

@@ -1,0 +1,64 @@
+"""Credentials never leave a URL's owner: one function redacts a storage URL or tracking URI for every print, tag and
+param, and every printed error passes through it (issue 20, defect 3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import child_env, make_spec, write_spec
+
+from harness.tracking.redact import is_redacted, redact_text, redact_url
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:pw@127.0.0.1:5432/db", "postgresql://u:***@127.0.0.1:5432/db"),
+    ("postgresql+psycopg://u:pw@localhost/db", "postgresql+psycopg://u:***@localhost/db"),
+    ("postgresql://u:p%40ss%2Fw@db-host/db", "postgresql://u:***@db-host/db"),  # an escaped @ and / in the password
+    ("postgresql://db-host/db?password=pw&sslmode=require", "postgresql://db-host/db?password=%2A%2A%2A&sslmode=require"),
+    ("mysql+pymysql://root:pw@db:3306/optuna", "mysql+pymysql://root:***@db:3306/optuna"),
+    ("https://alice:pw@mlflow.example.com:8443/base?x=1", "https://alice:***@mlflow.example.com:8443/base?x=1"),
+    ("http://mlflow.example.com/?token=pw", "http://mlflow.example.com/?token=***"),
+])
+def test_a_password_is_shown_as_stars(url, shown):
+    assert redact_url(url) == shown
+    assert "pw" not in shown and is_redacted(shown) and not is_redacted(url)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://harness@127.0.0.1:5432/harness", "sqlite:////tmp/studies/a.db", "sqlite:///studies/a.db",
+    "journal:/tmp/a.log", "/tmp/studies/a.log", "http://127.0.0.1:5000", "file:///tmp/mlruns",
+])
+def test_a_url_without_a_password_is_left_as_it_is(url):
+    assert redact_url(url) == url and not is_redacted(url)
+
+
+def test_every_url_in_a_message_is_redacted_and_the_rest_kept():
+    msg = ("study 's' in 'postgresql://u:pw@h/db' was made elsewhere (tracking https://a:pw@m.example.com/x), "
+           "see postgresql+psycopg://u:pw@10.0.0.2/db.")
+    assert redact_text(msg) == ("study 's' in 'postgresql://u:***@h/db' was made elsewhere (tracking https://a:***@m.example.com/x), "
+                                "see postgresql+psycopg://u:***@10.0.0.2/db.")
+    assert redact_text("nothing to hide: sqlite:///a.db") == "nothing to hide: sqlite:///a.db"
+
+
+def test_a_tracking_uri_with_a_password_is_not_printed_when_the_server_is_down(tmp_path, tiny_corpus):
+    """The fail-fast store check names the server it could not reach, without the password in its URI."""
+    path = write_spec(tmp_path, make_spec(tiny_corpus))
+    env = child_env(MLFLOW_TRACKING_URI="http://alice:Pw0rdSecret@127.0.0.1:9/", HARNESS_TRACKING_TIMEOUT="2")
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "http://alice:***@127.0.0.1:9/" in done.stderr
+    assert "Pw0rdSecret" not in done.stdout + done.stderr
+
+
+def test_a_study_storage_with_a_password_is_not_printed_when_the_database_is_down(tmp_path, tiny_corpus):
+    spec = make_spec(tiny_corpus, sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-3]}})
+    path = write_spec(tmp_path, spec)
+    url = "postgresql://u:Pw0rdSecret@127.0.0.1:9/optuna"
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--storage", url], cwd=tmp_path, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "postgresql://u:***@127.0.0.1:9/optuna" in done.stderr
+    assert "Pw0rdSecret" not in done.stdout + done.stderr

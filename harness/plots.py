@@ -83,14 +83,19 @@ def lr_schedule(curve: Curve, *, title: str = "") -> Any:
     return _done(fig)
 
 
-def overlay(curves: Mapping[str, Curve], *, metric: str, title: str = "") -> Any:
-    """One line per run (label = run name) for one metric."""
+def overlay(curves: Mapping[str, Curve], *, metric: str, title: str = "",
+            bands: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]] | None = None) -> Any:
+    """One line per run (label = run name) for one metric; with ``bands`` (label -> steps, low, high), a shaded
+    interval around the line of the same label (a configuration's mean over its seeds)."""
     fig, ax = _figure(figsize=(8, 4.8))
     values: list[float] = []
     for label, (steps, vals) in curves.items():
         if len(steps):
-            ax.plot(steps, vals, lw=1.2, label=label)
+            (line,) = ax.plot(steps, vals, lw=1.2, label=label)
             values += list(vals)
+            if bands and label in bands:
+                bs, lo, hi = bands[label]
+                ax.fill_between(bs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     _maybe_log(ax, values)

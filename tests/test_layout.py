@@ -13,7 +13,7 @@ PACKAGE = ROOT / "harness"
 
 # Lowest first. A module may import its own layer (no cycles) and the layers before it.
 LAYERS = [
-    {"harness.errors", "harness._lazy", "harness.testing", "harness.collector"},
+    {"harness.errors", "harness._lazy", "harness.testing", "harness.collector", "harness.stats"},
     {"harness.spec"},
     {"harness.data"},
     {"harness.model", "harness.dropout"},

@@ -7,11 +7,11 @@ import math
 import sys
 from typing import Any
 
-__all__ = ["print_err", "print_frame", "print_run_summary", "print_sweep_summary"]
+__all__ = ["configs_view", "print_err", "print_frame", "print_run_summary", "print_sweep_summary", "shown_text", "shown_url"]
 
 
 def print_err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(shown_text(msg), file=sys.stderr, flush=True)
 
 
 def _fmt(v: float | None, nd: int = 4) -> str:
@@ -19,9 +19,26 @@ def _fmt(v: float | None, nd: int = 4) -> str:
 
 
 def _ui_hint(uri: str) -> str:
+    uri = shown_url(uri)
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
         return f"harness ui   (or: mlflow ui --backend-store-uri {uri})"
     return f"open {uri} in a browser"
+
+
+def shown_url(url: str) -> str:
+    """A storage URL or tracking URI as printed: without its password (see harness.tracking.redact)."""
+    from harness.tracking.redact import redact_url
+
+    return redact_url(url)
+
+
+def shown_text(text: str) -> str:
+    """A message as printed: any URL in it without its password."""
+    if "://" not in text:
+        return text
+    from harness.tracking.redact import redact_text
+
+    return redact_text(text)
 
 
 def print_run_summary(out: Any) -> None:
@@ -50,7 +67,7 @@ def print_run_summary(out: Any) -> None:
     if out.stop_reason == "early_stopped":
         print(f"  early stop   after epoch {out.epochs} (step {out.steps}); best {out.watch} {_fmt(out.best_metric)} at step {out.best_step}")
     print(f"  experiment   {out.experiment} (id {out.experiment_id})")
-    print(f"  tracking     {out.tracking_uri}")
+    print(f"  tracking     {shown_url(out.tracking_uri)}")
     print(f"  browse       {_ui_hint(out.tracking_uri)}")
     if out.stop_reason == "interrupted":
         print(f"  resume with  harness resume {out.run_id}")
@@ -64,27 +81,73 @@ def print_sweep_summary(result: Any) -> None:
     if df.empty:
         print(f"sweep {result.study_name}: no trials")
         return
-    cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_step")]
-    show = df[cols].copy()
-    if "run_id" in show:
-        show["run_id"] = show["run_id"].map(lambda r: r[:8] if isinstance(r, str) else "-")
-    with pd.option_context("display.max_columns", 50, "display.width", 200, "display.float_format", lambda v: f"{v:.4g}"):
-        print(show.to_string(index=False))
+    if result.configs is not None:
+        print_frame(configs_view(result.configs, result.objective))
+        seeds = ", ".join(map(str, result.seeds or []))
+        print(f"\n{len(df)} seed runs (seeds {seeds}; one row each in the parent run's trials.csv and in harness results --runs)")
+    else:
+        cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_step")]
+        show = df[cols].copy()
+        if "run_id" in show:
+            show["run_id"] = show["run_id"].map(lambda r: r[:8] if isinstance(r, str) else "-")
+        with pd.option_context("display.max_columns", 50, "display.width", 200, "display.float_format", lambda v: f"{v:.4g}"):
+            print(show.to_string(index=False))
     c = result.counts
-    print(f"\nsweep {result.study_name}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
+    unit = "configurations: " if result.configs is not None else ""
+    print(f"\nsweep {result.study_name}: {unit}{c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
           + (f", {c['running']} unfinished" if c.get("running") else ""))
-    if result.best:
+    if result.best and result.configs is not None:
+        b = result.best
+        lo, hi = b.get("ci", [math.nan, math.nan])
+        ci = f" (95 % CI {lo:.4f} to {hi:.4f}, n={b['n']})" if b.get("n", 0) >= 2 else f" (n={b.get('n')})"
+        print(f"best configuration {b['config_id']} ({b['config']}): mean {result.objective} = {b['value']:.4f}{ci}")
+    elif result.best:
         print(f"best trial {result.best['trial']}: {result.objective} = {result.best['value']:.4f} with {result.best['params']}")
     failed = df[df["fail_reason"].notna()] if "fail_reason" in df else df.iloc[0:0]
     for _, row in failed.iterrows():
-        print(f"  trial {row['trial']} failed: {str(row['fail_reason']).splitlines()[0][:300]}")
-    print(f"parent run {result.parent_run_id}; study '{result.study_name}' in {result.storage}")
-    print(f"tracking: {result.tracking_uri}")
+        print(f"  trial {row['trial']} failed: {shown_text(str(row['fail_reason']).splitlines()[0][:300])}")
+    print(f"parent run {result.parent_run_id}; study '{result.study_name}' in {shown_url(result.storage)}")
+    print(f"tracking: {shown_url(result.tracking_uri)}")
     if result.still_running:
         print(f"{result.still_running} trial{'s' if result.still_running != 1 else ''} still running in other invocations; "
               "the last one to finish closes the parent run")
     if result.interrupted:
         print("interrupted: run the same command again to resume the study")
+
+
+def _pm(row: Any, col: str) -> str:
+    """``mean ± half-width`` of an aggregated column (``mean (n=1)`` without an interval)."""
+    mean, lo, hi = row.get(f"{col}_mean"), row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
+    if mean is None or mean != mean:
+        return "-"
+    if lo is None or lo != lo:
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {(hi - lo) / 2:.2g}"
+
+
+def configs_view(configs: Any, objective: str) -> Any:
+    """A configurations table as printed: mean ± 95 % half-width per headline metric, the difference from the best
+    with its interval, and the verdict."""
+    import pandas as pd
+
+    rows = []
+    for _, r in configs.iterrows():
+        row = {"config": r.get("config_id"), "values": r.get("config")}
+        if "config_state" in configs.columns:
+            row["state"] = str(r.get("config_state", "")).lower()
+        row["n"] = r.get("n")
+        row[f"objective ({objective})"] = _pm(r, "objective")
+        # the sweep's table and harness results name the headline metrics differently; the first one present is shown
+        for name, cols in (("best val acc", ("best_val_accuracy", "best/val/accuracy")),
+                           ("final train loss", ("final_train_loss", "train/loss_epoch", "train/loss"))):
+            col = next((c for c in cols if f"{c}_mean" in configs.columns and configs[f"{c}_mean"].notna().any()), None)
+            if col is not None:
+                row[name] = _pm(r, col)
+        d, lo, hi = r.get("vs_best"), r.get("vs_best_low"), r.get("vs_best_high")
+        row["vs best [95 % CI]"] = "-" if d is None or d != d else (f"{d:+.4g}" if lo != lo else f"{d:+.4g} [{lo:+.3g}, {hi:+.3g}]")
+        row["verdict"] = r.get("verdict") if isinstance(r.get("verdict"), str) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _cell(v: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.cli.output import print_frame
+from harness.cli.output import print_frame, shown_url
 from harness.errors import UsageError
 
 __all__ = ["add_commands"]
@@ -28,10 +28,13 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--all-columns", action="store_true", help="print every column, not the summary")
     r.add_argument("--include-parents", action="store_true", help="include sweep parent runs")
     r.add_argument("--init-from", dest="init_from", metavar="RUN", help="only the runs finetuned from this run")
+    r.add_argument("--runs", action="store_true", help="repeated seeds: one row per seed run instead of one per configuration")
     r.set_defaults(fn=cmd_results)
 
-    c = sub.add_parser("compare", help="runs side by side: differing params, metrics, overlaid curves PNG")
-    c.add_argument("runs", nargs="+", help="run ids (or any selector; at least two runs in all)")
+    c = sub.add_parser("compare", help="runs side by side (differing params, metrics, overlaid curves PNG); or two groups of seed runs: "
+                                      "the difference, its 95 %% interval and whether it is real")
+    c.add_argument("runs", nargs="+", help="run ids (or any selector; at least two runs in all); or two repeated runs (studies, "
+                                           "experiments) whose seed runs are compared as groups")
     c.add_argument("--out", default="compare.png", help="where to write the curves PNG (default compare.png)")
     c.add_argument("--metric", action="append", metavar="KEY", help="curve panels (repeatable; default train/loss and val/loss)")
     c.add_argument("--no-plot", action="store_true", help="tables only")
@@ -83,6 +86,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     if df.empty:
         print(f"no runs in {' '.join(args.selector)}" + ("" if args.include_parents else " (sweep parent runs are left out; --include-parents)"))
         return 0
+    if not args.runs and not args.all_columns and not args.sort and df["config_id"].notna().any():
+        return _print_configs(args, df, uri)
     order = _order(df, args)
     if order is not None:
         key, ascending, _ = order
@@ -110,7 +115,41 @@ def cmd_results(args: argparse.Namespace) -> int:
     print_frame(df[cols])
     print(f"\n{len(df)} run{'s' if len(df) != 1 else ''}, " + (order[2] if order is not None else "oldest first")
           + ("" if args.all_columns else f"; {len(df.columns)} columns in all (--all-columns, --csv or --parquet for the rest)"))
-    print(f"store: {uri}")
+    print(f"store: {shown_url(uri)}")
+    for path in (args.csv, args.parquet):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _print_configs(args: argparse.Namespace, df: Any, uri: str) -> int:
+    """Repeated seeds: one row per configuration, best first, with its mean ± 95 % half-width and its verdict."""
+    from harness import results
+    from harness.cli.output import configs_view
+    from harness.results.configs import seed_runs
+
+    selector = args.selector if len(args.selector) > 1 else args.selector[0]
+    cfg = results.configs(selector, uri=uri)
+    metric, direction, summary = cfg.attrs["objective"]
+    cfg = cfg.sort_values("objective_mean", ascending=direction == "minimize", na_position="last", kind="stable").reset_index(drop=True)
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError("--top must be at least 1")
+        cfg = cfg.head(args.top)
+    for path in (args.csv, args.parquet):
+        if path:
+            results.export(cfg, path)
+    view = configs_view(cfg, f"{summary} {metric}")
+    if cfg["study"].nunique() > 1:
+        view.insert(0, "study", list(cfg["study"]))
+    print_frame(view)
+    seeds = sorted({int(s) for s in seed_runs(df)["seed"]})
+    others = int(df["config_id"].isna().sum())
+    print(f"\n{len(cfg)} configuration{'s' if len(cfg) != 1 else ''}, best mean first; mean ± 95 % t half-width over the finished "
+          f"seed runs (seeds {', '.join(map(str, seeds))}); verdicts: paired t-test against the best on shared seeds")
+    if others:
+        print(f"{others} selected run{'s' if others != 1 else ''} without repeats left out (--runs lists every run)")
+    print(f"store: {shown_url(uri)}")
     for path in (args.csv, args.parquet):
         if path:
             print(f"wrote {path}")
@@ -129,7 +168,10 @@ def _isna(v: Any) -> bool:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness import results
+    from harness.results.configs import group_selectors
 
+    if group_selectors(args.runs):
+        return _compare_groups(args)
     cmp = results.compare(args.runs, out=None if args.no_plot else args.out, metrics=args.metric or ("train/loss", "val/loss"))
     if cmp.params.empty:
         print("params: all the same")
@@ -140,6 +182,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print_frame(cmp.metrics, index=True)
     if cmp.plot:
         print(f"\nwrote {cmp.plot}")
+    return 0
+
+
+def _compare_groups(args: argparse.Namespace) -> int:
+    from harness import results
+
+    cmp = results.compare_groups(args.runs[0], args.runs[1])
+    print(f"a = {cmp.a} ({len(cmp.seeds_a)} seed runs), b = {cmp.b} ({len(cmp.seeds_b)} seed runs)")
+    print(f"paired on the seeds both ran ({', '.join(map(str, sorted(set(cmp.seeds_a) & set(cmp.seeds_b))))})" if cmp.paired
+          else "no shared seeds: Welch's t-test between the groups")
+    print_frame(cmp.table, index=True)
+    print("\ndifference = a - b, with its 95 % t interval; a verdict says better or worse only when that interval excludes 0")
     return 0
 
 

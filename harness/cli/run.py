@@ -21,6 +21,8 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--study", help="sweep: study name (default: the spec name)")
     r.add_argument("--workers", type=int, help="sweep: worker processes on this machine (overrides sweep.workers)")
     r.add_argument("--n-trials", type=int, dest="n_trials", help="sweep: trials to finish (overrides sweep.n_trials)")
+    r.add_argument("--repeats", type=int, metavar="N", help="run every configuration under N seeds (seed, seed+1, ...): a sweep's "
+                                                            "configurations, or this one run as a group (sets sweep.repeats)")
     r.add_argument("--storage", metavar="URL", help="sweep: Optuna storage shared by every machine, e.g. postgresql://user@db-host/harness "
                                                     "(overrides sweep.storage and HARNESS_STUDY_STORAGE)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -41,8 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import load_spec
     from harness.errors import SpecError
 
+    overrides = list(args.set or [])
+    if args.repeats is not None:
+        overrides.append(f"sweep.repeats={args.repeats}")  # validated as the spec's own field: < 1 is refused there
     try:
-        spec = load_spec(args.spec, args.set)
+        spec = load_spec(args.spec, overrides)
     except SpecError as exc:
         print_err(f"error: {exc.render()}")
         return exc.exit_code
@@ -76,13 +81,20 @@ def _run_sweep(spec: Any, args: argparse.Namespace) -> int:
     from harness.sweep import run_sweep
 
     def started(s: Any) -> None:
-        print(f"sweep {s.study_name}: {s.total} trials, sampler {s.sampler}, {s.workers} worker{'s' if s.workers > 1 else ''}, storage {s.storage}")
+        units = f"{s.total} trials" if s.seeds is None else f"{s.total} configuration{'s' if s.total != 1 else ''} x {len(s.seeds)} seeds {_seeds(s.seeds)}"
+        print(f"sweep {s.study_name}: {units}, sampler {s.sampler}, {s.workers} worker{'s' if s.workers > 1 else ''}, storage {s.storage}")
         print(f"parent run {s.parent_run_id} in experiment '{s.experiment}'", flush=True)
 
     result = run_sweep(spec, fresh=args.fresh, study_name=args.study, workers=args.workers, n_trials=args.n_trials, storage=args.storage, spec_file=args.spec,
                        progress=None if args.quiet else TrialProgress, on_start=None if args.quiet else started)
     print_sweep_summary(result)
     return 128 + (result.signal or signal.SIGINT) if result.interrupted else 0
+
+
+def _seeds(seeds: list[int]) -> str:
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"({seeds[0]}..{seeds[-1]})"
+    return "(" + ", ".join(map(str, seeds[:8])) + (", ..." if len(seeds) > 8 else "") + ")"
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -62,6 +62,8 @@ def plot(selector: Selector, kind: str = "loss", *, out: str | Path | None = Non
         hist = load_metrics(client, list(df["run_id"]), [key])
         if hist.empty:
             raise UsageError(f"no selected run logged {key}")
+        if df["config_id"].notna().any():
+            return plots.save(_config_bands(df, hist, key, title=f"{fmt_selector(selector)}: {key}, mean and 95 % interval over seeds"), path)
         changed = swept_params(client, selected) or changed_params([{k: plain(df.at[i, k]) for k in params_of(df)} for i in df.index])
         labels = curve_labels(df, labels, changed)
         curves = {}
@@ -88,6 +90,34 @@ def plot(selector: Selector, kind: str = "loss", *, out: str | Path | None = Non
     labs = [f"t{t}" if t is not None else labels[i] for t, i in zip(trials, rows)]
     ys = [float(df[col].iloc[i]) for i in rows]
     return plots.save(plots.objective_panels(points, ys, objective=f"{summary} {objective}", log_x=log_x, labels=labs), path)
+
+
+def _config_bands(df: Any, hist: Any, key: str, *, title: str) -> Any:
+    """Repeated seeds: one line per configuration (the mean over its seed runs at each step) and its 95 % t band; runs
+    without repeats keep a line of their own."""
+    from harness import plots
+    from harness.stats import band
+
+    curves: dict[str, Any] = {}
+    bands: dict[str, Any] = {}
+    groups: dict[str, list[Any]] = {}
+    names: dict[str, str] = {}
+    for _, row in df.iterrows():
+        h = hist[hist["run_id"] == row["run_id"]]
+        curve = (h["step"].tolist(), h["value"].tolist())
+        if isinstance(row["config_id"], str):
+            k = f"{row['study']}/{row['config_id']}"
+            groups.setdefault(k, []).append(curve)
+            names[k] = f"{row['config_id']}: {row['config']}" if df["study"].nunique() <= 1 else f"{row['study']} {row['config_id']}: {row['config']}"
+        else:
+            curves[str(row["run_name"])] = curve
+    for k, runs in groups.items():
+        steps, mean, low, high = band(runs)
+        label = f"{names[k]} (n={len(runs)})"
+        curves[label] = (steps, mean) if steps else runs[0]
+        if steps:
+            bands[label] = (steps, low, high)
+    return plots.overlay(curves, metric=key, title=title, bands=bands)
 
 
 def _log_param(parent: Any, path: str, xs: Sequence[Any]) -> bool:

@@ -17,15 +17,16 @@ __all__ = ["INFO_COLUMNS", "Selector", "export", "history", "objective_order", "
 
 Selector = str | Sequence[str]
 
-INFO_COLUMNS = ["run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "trial", "parent_run_id",
-                "init_from", "start_time", "end_time", "wall_time_s", "steps"]
+INFO_COLUMNS = ["run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "trial", "config_id", "config",
+                "repeat", "seed", "parent_run_id", "init_from", "start_time", "end_time", "wall_time_s", "steps"]
 
 
 def runs(selector: Selector, *, uri: str | None = None, include_parents: bool = False, best: bool = True,
          init_from: str | None = None) -> Any:
     """One row per run, oldest first.
 
-    Columns: ``run_id, run_name, experiment, status, stop_reason, role, study, trial (Int64), parent_run_id,
+    Columns: ``run_id, run_name, experiment, status, stop_reason, role, study, trial (Int64), config_id, config,
+    repeat, seed (Int64; a repeated sweep's seed runs: their configuration's id and values, their index and seed), parent_run_id,
     init_from (the run a finetuned run started from), start_time, end_time (UTC datetimes), wall_time_s,
     steps (Int64)``; then each metric's final value under its own
     key (``val/loss``, ``train/loss``, ``summary/best_val_loss``, ...); with ``best``, ``best/<key>`` and
@@ -66,7 +67,11 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
             "stop_reason": tags.get("stop_reason"),
             "role": tags.get("harness.role"),
             "study": tags.get("harness.study"),
-            "trial": int(trial) if trial is not None and str(trial).lstrip("-").isdigit() else None,
+            "trial": _int(trial),
+            "config_id": tags.get("harness.config_id"),
+            "config": tags.get("harness.config"),
+            "repeat": _int(tags.get("harness.repeat")),
+            "seed": _int(tags.get("harness.seed")),
             "parent_run_id": tags.get("mlflow.parentRunId"),
             "init_from": tags.get("harness.init_from"),
             "start_time": r.info.start_time,
@@ -77,9 +82,11 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
         for c in INFO_COLUMNS:
             info[c].append(row[c])
     cols: dict[str, Any] = {}
-    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "parent_run_id", "init_from"):
+    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "config_id", "config", "parent_run_id", "init_from"):
         cols[c] = pd.Series(info[c], dtype=object)
-    cols["trial"] = pd.Series(info["trial"], dtype="Int64")
+    for c in ("trial", "repeat", "seed"):
+        cols[c] = pd.Series(info[c], dtype="Int64")
+    cols = {c: cols[c] for c in INFO_COLUMNS if c in cols}
     for c in ("start_time", "end_time"):
         cols[c] = pd.to_datetime(pd.Series([v if v else None for v in info[c]], dtype="float64"), unit="ms", utc=True)
     cols["wall_time_s"] = pd.Series([math.nan if v is None else float(v) for v in info["wall_time_s"]], dtype="float64")
@@ -102,6 +109,10 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
     df.attrs["params"] = [k for k in _param_order(parsed) if k in df.columns]
     df.attrs["objective"] = _sweep_objective(client, selected)
     return df
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if v is not None and str(v).lstrip("-").isdigit() else None
 
 
 def _sweep_objective(client: Any, selected: Sequence[Any]) -> tuple[str, str, str] | None:

@@ -14,6 +14,7 @@ from harness.errors import HarnessError, UsageError
 from harness.results.store import RUN_ID, get_run, open_store, role, search_runs, all_experiment_ids, quote_ok, select_runs
 from harness.sweep.storage import storage_url
 from harness.tracking import parse_store_url, tracking_uri
+from harness.tracking.redact import is_redacted, redact_url
 
 __all__ = ["StudyRef", "load_study", "resolve_study", "study"]
 
@@ -57,7 +58,9 @@ def resolve_study(target: str, *, storage: str | None = None, uri: str | None = 
             raise UsageError(f"{target}: {exc}") from None
         if spec.sweep is None:
             raise UsageError(f"{target} has no sweep section, so it has no Optuna study")
-        name = spec.name
+        from harness.sweep.study import default_study_name
+
+        name = default_study_name(spec)
         if spec.sweep.storage:
             candidates.append(spec.sweep.storage)
     else:
@@ -84,13 +87,18 @@ def resolve_study(target: str, *, storage: str | None = None, uri: str | None = 
     candidates.append(storage_url(None, name))  # HARNESS_STUDY_STORAGE, else studies/<name>.db
     if storage:
         candidates = [storage]
+    # The parent run's tag names the storage without its password (harness.tracking.redact): not a URL to connect with.
+    hidden = [c for c in dict.fromkeys(candidates) if c and is_redacted(c)]
     tried = []
-    for url in dict.fromkeys(c for c in candidates if c):
+    for url in dict.fromkeys(c for c in candidates if c and c not in hidden):
         if _usable_storage(url):
             return StudyRef(name=name, storage=url, parent_run_id=parent_id)
-        tried.append(url)
-    raise UsageError(f"no Optuna study '{name}' found (looked in {', '.join(tried)}); run the sweep first, cd to the project "
-                     "folder, or pass --storage URL")
+        tried.append(redact_url(url))
+    said = (f"; the sweep ran on {', '.join(hidden)}, whose password harness does not keep: pass --storage URL with the "
+            "password, or set HARNESS_STUDY_STORAGE") if hidden else ""
+    looked = f" (looked in {', '.join(tried)})" if tried else ""
+    raise UsageError(f"no Optuna study '{name}' found{looked}{said}; run the sweep first, cd to the project folder, or pass "
+                     "--storage URL")
 
 
 @contextlib.contextmanager
@@ -107,7 +115,7 @@ def load_study(ref: StudyRef) -> Iterator[Any]:
         except KeyError:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             hint = f"; studies there: {', '.join(names)}" if names else " (it holds no studies)"
-            raise UsageError(f"no study named '{ref.name}' in {ref.storage}{hint}") from None
+            raise UsageError(f"no study named '{ref.name}' in {redact_url(ref.storage)}{hint}") from None
     finally:
         engine = getattr(storage, "engine", None)
         if engine is not None:

@@ -318,12 +318,14 @@ class ObjectiveSpec(_Model):
 class PrunerSpec(_Model):
     """Optuna pruner. A bare name (``median``) is shorthand for ``{name: median}``."""
 
-    name: Literal["none", "median", "successive_halving", "hyperband", "percentile"] = Field("none", description="which pruner")
+    name: Literal["none", "median", "successive_halving", "hyperband", "percentile", "paired"] = Field(
+        "none", description="which pruner; paired (with repeats): stop a configuration whose seeds are clearly worse than the best's")
     n_startup_trials: int = Field(5, ge=0, description="median/percentile: trials that finish before any pruning")
     n_warmup_steps: int = Field(0, ge=0, description="median/percentile: steps before a trial can be pruned")
     percentile: float = Field(50.0, gt=0, lt=100, description="percentile pruner: the percentile to keep")
     min_resource: int | Literal["auto"] = Field("auto", description="successive_halving/hyperband: minimum steps")
     reduction_factor: int = Field(3, ge=2, description="successive_halving/hyperband: reduction factor")
+    p_threshold: float = Field(0.05, gt=0, lt=1, description="paired: stop when the one-sided paired t-test's p is below this")
 
     @model_validator(mode="before")
     @classmethod
@@ -336,18 +338,39 @@ class SweepSpec(_Model):
 
     sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = Field("grid", description="grid, random, tpe, cmaes or qmc")
     seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec seed)")
-    params: dict[str, Union[list[Any], ParamRange]] = Field(description="dotted run-spec path -> a list (grid values) or a range")
+    params: dict[str, Union[list[Any], ParamRange]] = Field(
+        {}, description="dotted run-spec path -> a list (grid values) or a range; empty with repeats: one configuration, repeated")
+    repeats: int = Field(1, ge=1, le=1000, description="seed runs per configuration, under the seeds seed, seed+1, ... (the same for every configuration)")
+    seeds: list[int] | None = Field(None, min_length=1, max_length=1000, description="the seeds each configuration runs under, instead of repeats")
     objective: ObjectiveSpec = Field(ObjectiveSpec(), description="the metric a trial is scored by")
     pruner: PrunerSpec = Field(PrunerSpec(), description="stop unpromising trials early")
-    n_trials: int | None = Field(None, ge=1, le=1_000_000, description="trials to finish (a grid defaults to its size)")
+    n_trials: int | None = Field(None, ge=1, le=1_000_000, description="trials (with repeats: configurations) to finish (a grid defaults to its size)")
     workers: int = Field(1, ge=1, le=256, description="worker processes on this machine sharing the study; unset: chosen from the trials' size (1 for short trials)")
     storage: str | None = Field(None, description="Optuna storage URL (default: a SQLite file under studies/)")
     timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
-        if not self.params:
-            raise _at("params", "must sweep at least one path")
+        if "repeats" in self.model_fields_set and self.seeds is not None:
+            raise _at("seeds", "give repeats or seeds, not both (seeds fixes the list; repeats counts up from the spec's seed)")
+        if self.seeds is not None:
+            if any(s < 0 for s in self.seeds):
+                raise _at("seeds", f"seeds must be ≥ 0 (got {self.seeds})")
+            dup = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+            if dup:
+                raise _at("seeds", f"duplicate seeds {dup}: each seed run must differ")
+        repeated = self.repeated
+        if "seed" in self.params and repeated:
+            raise _at("params.seed", "the seed is what repeats vary: sweep other paths, and list the seeds in sweep.seeds")
+        if not self.params and not repeated:
+            raise _at("params", "must sweep at least one path (or repeat one configuration: repeats: N)")
+        if not self.params and self.sampler != "grid":
+            raise _at("sampler", f"a repeated run without params has one configuration; the {self.sampler} sampler has nothing to pick")
+        if self.pruner.name == "paired" and self.n_seeds < 2:
+            raise _at("pruner.name", "the paired rule compares configurations seed by seed: set repeats: N (N ≥ 2) or seeds")
+        if repeated and self.pruner.name not in ("none", "paired"):
+            raise _at("pruner.name", f"{self.pruner.name} compares single runs step by step; with repeats a configuration is "
+                                     "stopped by the paired rule across its seeds: use pruner: paired (or none)")
         for path, space in self.params.items():
             if isinstance(space, list):
                 if not space:
@@ -357,6 +380,20 @@ class SweepSpec(_Model):
             elif self.sampler == "grid" and space.choices is None:
                 raise _at(f"params.{path}", "the grid sampler needs a list of values or choices, not a range")
         return self
+
+    @property
+    def n_seeds(self) -> int:
+        """Seed runs per configuration."""
+        return len(self.seeds) if self.seeds is not None else self.repeats
+
+    def seed_list(self, seed: int) -> list[int]:
+        """The seeds every configuration runs under: ``seeds``, else ``seed, seed+1, ...`` (``repeats`` of them)."""
+        return list(self.seeds) if self.seeds is not None else [seed + i for i in range(self.repeats)]
+
+    @property
+    def repeated(self) -> bool:
+        """Each configuration runs under several seeds (or an explicit seed list)."""
+        return self.seeds is not None or self.repeats > 1
 
     def grid_size(self) -> int:
         size = 1

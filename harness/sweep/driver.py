@@ -16,12 +16,13 @@ from harness.errors import UsageError
 from harness.spec import Spec, spec_to_dict
 from harness.sweep.report import SweepResult, fail_parent, finalize
 from harness.sweep.storage import storage_url
-from harness.sweep.study import open_study, total_trials
+from harness.sweep.study import default_study_name, open_study, total_trials
 from harness.sweep.trial import TrialSettings
 from harness.sweep.worker import WorkerPlan, run_workers, start_workers_early, work
 from harness.testing import faults
 from harness.tracking import check_store, tracking_uri
 from harness.tracking.liveness import reap_stale_runs
+from harness.tracking.redact import redact_url
 
 __all__ = ["SweepStart", "run_sweep"]
 
@@ -37,6 +38,7 @@ class SweepStart:
     total: int
     sampler: str
     workers: int
+    seeds: list[int] | None = None  # the seeds every configuration runs under (a repeated sweep)
 
 
 def run_sweep(
@@ -71,16 +73,17 @@ def run_sweep(
     faults.point("sweep_open")
     check_store(uri)
     validate_data(spec, file=spec_file)
-    name = study_name or spec.name
+    name = study_name or default_study_name(spec)
     url = storage_url(storage or sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
     reap_stale_runs(client_for(uri))
-    if (asked or auto_workers(spec, total)) > 1:
+    runs = total * sw.n_seeds  # a repeated sweep runs every configuration under each seed
+    if (asked or auto_workers(spec, runs)) > 1:
         start_workers_early()  # their imports, on another CPU, while the study and the parent run are set up
     opened = open_study(spec, name=name, url=url, fresh=fresh, uri=uri, total=total)
-    n_workers = asked or auto_workers(spec, _trials_left(opened.study, total))
+    n_workers = asked or auto_workers(spec, _trials_left(opened.queue or opened.study, runs))
     if on_start is not None:
-        on_start(SweepStart(study_name=name, storage=url, parent_run_id=opened.parent_run_id, experiment=spec.experiment,
-                            total=total, sampler=sw.sampler, workers=n_workers))
+        on_start(SweepStart(study_name=name, storage=redact_url(url), parent_run_id=opened.parent_run_id, experiment=spec.experiment,
+                            total=total, sampler=sw.sampler, workers=n_workers, seeds=sw.seed_list(spec.seed) if sw.repeated else None))
     plan = WorkerPlan(
         spec_dict=spec_to_dict(spec),
         storage_url=url,
@@ -156,7 +159,8 @@ def workers_for(total: int, cpus: int) -> int:
 
 
 def _trials_left(study: Any, total: int) -> int:
-    """Trials still to run when the sweep (re)starts: a resumed study has finished some already."""
+    """Trials (a repeated sweep's seed runs) still to run when the sweep (re)starts: a resumed study has finished
+    some already."""
     from optuna.trial import TrialState
 
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

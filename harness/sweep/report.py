@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.spec import ObjectiveSpec, ParamRange, Spec
-from harness.sweep.storage import retried_numbers
+from harness.sweep.repeats import CONFIG, LABEL, REPEAT, SEED, Repeats, config_id
+from harness.sweep.storage import retried_numbers, study_lock
 from harness.sweep.study import OpenStudy, from_optuna
-from harness.sweep.storage import study_lock
 from harness.tracking import MlflowTracker, client_for
 from harness.tracking.liveness import pid_alive
 
-__all__ = ["SweepResult", "fail_parent", "finalize", "trials_table", "verdict"]
+__all__ = ["SweepResult", "configs_table", "fail_parent", "finalize", "trials_table", "verdict"]
 
 
 @dataclass
@@ -30,6 +30,8 @@ class SweepResult:
     interrupted: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     objective: str = "val/loss"
+    configs: Any = None  # a repeated sweep: pandas.DataFrame, one row per configuration (mean, interval, verdict)
+    seeds: list[int] | None = None  # a repeated sweep's seed list
     tracking_uri: str = ""
     artifacts: list[str] = field(default_factory=list)  # what the parent run received from this invocation
     signal: int | None = None  # the signal that interrupted the sweep (SIGINT, SIGTERM)
@@ -74,7 +76,10 @@ def trials_table(study: Any, *, objective: ObjectiveSpec, uri: str) -> Any:
 
 def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
     metric = objective.metric
-    row: dict[str, Any] = {"trial": t.number, "state": t.state.name, **from_optuna(t.params), "objective": t.value}
+    row: dict[str, Any] = {"trial": t.number}
+    if CONFIG in t.user_attrs:  # a seed run of a repeated sweep
+        row.update({"config_id": config_id(int(t.user_attrs[CONFIG])), "repeat": int(t.user_attrs[REPEAT]), "seed": int(t.user_attrs[SEED])})
+    row.update({"state": t.state.name, **from_optuna(t.params), "objective": t.value})
     run_id = t.user_attrs.get("mlflow_run_id")
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
@@ -88,6 +93,9 @@ def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
     history = [m.value for m in client.get_metric_history(run_id, metric) if math.isfinite(m.value)] if metric in metrics else []
     row[f"best_{_slug(metric)}"] = (min(history) if objective.direction == "minimize" else max(history)) if history else None
     row[f"final_{_slug(metric)}"] = metrics.get(f"summary/final_{_slug(metric)}", metrics.get(metric))
+    if metric != "val/accuracy" and "val/accuracy" in metrics:  # a classifier: its accuracy next to any objective
+        acc = [m.value for m in client.get_metric_history(run_id, "val/accuracy") if math.isfinite(m.value)]
+        row["best_val_accuracy"] = max(acc) if acc else None
     # The textbook's "final loss" is the mean training loss of the last epoch; use it when epochs are used.
     row["final_train_loss"] = metrics.get("train/loss_epoch", metrics.get("summary/final_train_loss", metrics.get("train/loss")))
     row["final_train_loss_step"] = metrics.get("summary/final_train_loss", metrics.get("train/loss"))
@@ -117,36 +125,91 @@ def _trial_verdict(state: str, stop: str | None, final_train_loss: float | None,
     return verdict(final_train_loss, ln_vocab, stop)
 
 
+def configs_table(spec: Spec, table: Any, configs: Any) -> Any:
+    """A repeated sweep, one row per configuration: its swept values, state, the mean, standard deviation and 95 % t
+    interval over its finished seed runs of the objective and the headline metrics, and the paired comparison with the
+    best configuration on their shared seeds (see :func:`harness.stats.summarize_groups`)."""
+    import pandas as pd
+
+    from harness.stats import summarize_groups
+
+    sw = spec.sweep
+    assert sw is not None
+    lower = sw.objective.direction == "minimize"
+    slug = _slug(sw.objective.metric)
+    columns = {"objective": lower, f"best_{slug}": lower, f"final_{slug}": lower, "final_train_loss": True, "best_val_accuracy": False}
+    done = table[table["state"] == "COMPLETE"] if "state" in table else table.iloc[0:0]
+    out = summarize_groups(done, group="config_id", pair="seed", columns={c: v for c, v in columns.items() if c in table},
+                           objective="objective") if not done.empty else pd.DataFrame({"config_id": pd.Series(dtype=object)})
+    meta = []
+    for ct in configs.get_trials(deepcopy=False):
+        meta.append({"config_id": config_id(ct.number), "config": ct.user_attrs.get(LABEL, ""), **from_optuna(ct.params),
+                     "config_state": ct.state.name, "note": ct.user_attrs.get("fail_reason") if ct.state.name != "COMPLETE" else None})
+    if not meta:
+        return out
+    merged = pd.DataFrame(meta).merge(out, on="config_id", how="left")
+    merged["n"] = merged["n"].fillna(0).astype(int)
+    merged.attrs["best"] = out.attrs.get("best")
+    return merged
+
+
 def finalize(spec: Spec, opened: OpenStudy, *, uri: str, interrupted: bool) -> SweepResult:
     """The result table; and, when no trial is left to run or running anywhere, the parent run's final artifacts,
-    metrics and status (so the parent of a study shared by several invocations ends once, when the study ends)."""
+    metrics and status (so the parent of a study shared by several invocations ends once, when the study ends).
+
+    A repeated sweep's table has one row per seed run, and ``configs`` one per configuration; its counts and best are
+    configurations'."""
     from optuna.trial import TrialState
 
     sw = spec.sweep
     assert sw is not None
-    study = opened.study
-    table = trials_table(study, objective=sw.objective, uri=uri)
+    runs_study = opened.queue if opened.queue is not None else opened.study
+    if opened.queue is not None:
+        with study_lock(opened.url, opened.name):  # fold in what the last seed runs left (it is idempotent)
+            Repeats(opened.storage, opened.study, opened.queue, spec, opened.total).settle()
+    table = trials_table(runs_study, objective=sw.objective, uri=uri)
+    configs = configs_table(spec, table, opened.study) if opened.queue is not None else None
     with study_lock(opened.url, opened.name):
-        trials = study.get_trials(deepcopy=False)
+        trials = runs_study.get_trials(deepcopy=False)
         retried = retried_numbers(trials)
         live = [t for t in trials if t.number not in retried]
-        counts = {
-            "complete": sum(t.state == TrialState.COMPLETE for t in live),
-            "pruned": sum(t.state == TrialState.PRUNED for t in live),
-            "failed": sum(t.state == TrialState.FAIL for t in live),
-            "running": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in live),
-        }
-        best = None
-        if counts["complete"]:
-            bt = study.best_trial
-            best = {"trial": bt.number, "value": bt.value, "params": from_optuna(bt.params), "run_id": bt.user_attrs.get("mlflow_run_id")}
         running_elsewhere = sum(t.state == TrialState.RUNNING for t in live)
+        unfinished = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in live)
+        units = live if opened.queue is None else opened.study.get_trials(deepcopy=False)
+        counts = {
+            "complete": sum(t.state == TrialState.COMPLETE for t in units),
+            "pruned": sum(t.state == TrialState.PRUNED for t in units),
+            "failed": sum(t.state == TrialState.FAIL for t in units),
+            "running": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in units),
+        }
+        if opened.queue is not None:
+            counts["seed_runs"] = sum(t.state == TrialState.COMPLETE for t in live)
+        best = _best(opened, table, configs) if counts["complete"] else None
         artifacts: list[str] = []
-        if running_elsewhere == 0 and (interrupted or counts["running"] == 0):
-            artifacts = _close_parent(spec, opened, table, best, counts, uri=uri, interrupted=interrupted)
+        if running_elsewhere == 0 and (interrupted or unfinished == 0):
+            artifacts = _close_parent(spec, opened, table, best, counts, uri=uri, interrupted=interrupted, configs=configs)
     return SweepResult(study_name=opened.name, storage=opened.url, parent_run_id=opened.parent_run_id, experiment=spec.experiment,
                        table=table, best=best, interrupted=interrupted, counts=counts, objective=sw.objective.metric,
+                       configs=configs, seeds=sw.seed_list(spec.seed) if sw.repeated else None,
                        tracking_uri=uri, artifacts=artifacts, still_running=running_elsewhere)
+
+
+def _best(opened: OpenStudy, table: Any, configs: Any) -> dict[str, Any]:
+    """The best trial; a repeated sweep's best configuration (the best mean: Optuna's best trial of the study), with
+    its interval and the run of its best seed (what ``harness generate`` and ``init.from`` take from the parent)."""
+    bt = opened.study.best_trial
+    best = {"trial": bt.number, "value": bt.value, "params": from_optuna(bt.params), "run_id": bt.user_attrs.get("mlflow_run_id")}
+    if configs is None:
+        return best
+    cid = config_id(bt.number)
+    row = configs[configs["config_id"] == cid].iloc[0]
+    runs = table[(table.get("config_id") == cid) & (table["state"] == "COMPLETE")] if "config_id" in table else table.iloc[0:0]
+    lower = opened.study.direction.name == "MINIMIZE"
+    top = runs.sort_values("objective", ascending=lower).iloc[0] if not runs.empty else None
+    best.update({"config_id": cid, "config": row.get("config"), "n": int(row["n"]),
+                 "ci": [float(row.get("objective_ci_low", math.nan)), float(row.get("objective_ci_high", math.nan))],
+                 "run_id": top["run_id"] if top is not None else None, "seed": int(top["seed"]) if top is not None else None})
+    return best
 
 
 def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
@@ -176,23 +239,48 @@ def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
 
 
 def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any] | None, counts: dict[str, int], *, uri: str,
-                  interrupted: bool) -> list[str]:
-    """trials.csv, best_params.json, the curves and objective plots, the count metrics; then end the parent run."""
+                  interrupted: bool, configs: Any = None) -> list[str]:
+    """trials.csv, best_params.json, the curves and objective plots, the count metrics; then end the parent run.
+    A repeated sweep adds configs.csv and, per configuration, the mean, std, interval and n of the objective and the
+    headline metrics (``c001/objective/mean``, ...)."""
     sw = spec.sweep
     assert sw is not None
     tracker = MlflowTracker(client_for(uri), opened.parent_run_id)
     tracker.log_text(table.to_csv(index=False), "trials.csv")
     tracker.log_dict(best or {}, "best_params.json")
-    artifacts = ["trials.csv", "best_params.json"] + _log_parent_plots(spec, tracker, table, opened.name)
+    artifacts = ["trials.csv", "best_params.json"]
     metrics = {"n_complete": counts["complete"], "n_pruned": counts["pruned"], "n_failed": counts["failed"]}
+    tags = {"harness.best_trial": best["trial"] if best else "-", "harness.best_run_id": (best or {}).get("run_id") or "",
+            "stop_reason": "interrupted" if interrupted else "completed"}
+    if configs is not None:
+        tracker.log_text(configs.to_csv(index=False), "configs.csv")
+        artifacts.append("configs.csv")
+        metrics.update(_config_metrics(configs))
+        metrics["n_seed_runs"] = counts.get("seed_runs", 0)
+        tags["harness.best_config"] = (best or {}).get("config_id") or "-"
+    artifacts += _log_parent_plots(spec, tracker, table, opened.name)
     if best is not None:
         metrics["best_value"] = best["value"]
     for k, v in metrics.items():
         tracker.log_metric(k, float(v), step=len(table))
-    tracker.set_tags({"harness.best_trial": best["trial"] if best else "-", "harness.best_run_id": (best or {}).get("run_id") or "",
-                      "stop_reason": "interrupted" if interrupted else "completed"})
+    tracker.set_tags(tags)
     tracker.end("KILLED" if interrupted else "FINISHED")
     return artifacts
+
+
+def _config_metrics(configs: Any) -> dict[str, float]:
+    """``<config id>/<column>/<mean|std|ci_low|ci_high>`` and ``<config id>/n`` for every finite aggregate."""
+    out: dict[str, float] = {}
+    for _, row in configs.iterrows():
+        cid = row["config_id"]
+        out[f"{cid}/n"] = float(row["n"])
+        for col in row.index:
+            for stat in ("mean", "std", "ci_low", "ci_high"):
+                if col.endswith(f"_{stat}") and not col.startswith("vs_best"):
+                    v = row[col]
+                    if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                        out[f"{cid}/{col[: -len(stat) - 1]}/{stat}"] = float(v)
+    return out
 
 
 def _log_parent_plots(spec: Spec, tracker: MlflowTracker, table: Any, study_name: str) -> list[str]:
@@ -204,13 +292,22 @@ def _log_parent_plots(spec: Spec, tracker: MlflowTracker, table: Any, study_name
     metric = sw.objective.metric
     out: list[str] = []
     try:
-        curves = {}
+        curves: dict[str, Any] = {}
+        groups: dict[str, list[Any]] = {}
         for _, row in table.iterrows():
             if row.get("run_id"):
-                label = f"t{row['trial']}: " + ", ".join(f"{k.split('.')[-1]}={_short(row[k])}" for k in sw.params if k in row)
+                values = ", ".join(f"{k.split('.')[-1]}={_short(row[k])}" for k in sw.params if k in row)
                 hist = tracker.client.get_metric_history(row["run_id"], metric)
-                curves[label] = ([m.step for m in hist], [m.value for m in hist])
-        tracker.log_figure(plots.overlay(curves, metric=metric, title=f"{study_name}: {metric} per trial"), "plots/curves.png")
+                curve = ([m.step for m in hist], [m.value for m in hist])
+                if "config_id" in row and isinstance(row["config_id"], str):  # a repeated sweep: one band per configuration
+                    groups.setdefault(f"{row['config_id']}: {values or study_name}", []).append(curve)
+                else:
+                    curves[f"t{row['trial']}: {values}"] = curve
+        if groups:
+            tracker.log_figure(plots.overlay(_means(groups), metric=metric, bands=_bands(groups),
+                                             title=f"{study_name}: {metric}, mean and 95 % interval over seeds"), "plots/curves.png")
+        else:
+            tracker.log_figure(plots.overlay(curves, metric=metric, title=f"{study_name}: {metric} per trial"), "plots/curves.png")
         out.append("plots/curves.png")
         done = table[table["objective"].notna()] if "objective" in table else table.iloc[0:0]
         for path, space in sw.params.items():
@@ -219,12 +316,34 @@ def _log_parent_plots(spec: Spec, tracker: MlflowTracker, table: Any, study_name
             xs = list(done[path])
             log_x = (isinstance(space, ParamRange) and space.log) or _spans_decades(xs)
             name = f"plots/objective_vs_{path.replace('.', '_')}.png"
+            labels = list(done["config_id"]) if "config_id" in done else [f"t{n}" for n in done["trial"]]
             fig = plots.objective_vs_param(xs, list(done["objective"]), param=path, objective=f"{sw.objective.summary} {metric}",
-                                           log_x=log_x, labels=[f"t{n}" for n in done["trial"]])
+                                           log_x=log_x, labels=labels)
             tracker.log_figure(fig, name)
             out.append(name)
     except Exception as exc:
         tracker.set_tags({"harness.plot_error": str(exc)[:500]})
+    return out
+
+
+def _means(groups: dict[str, list[Any]]) -> dict[str, Any]:
+    from harness.stats import band
+
+    out = {}
+    for label, curves in groups.items():
+        steps, mean, _, _ = band(curves)
+        out[f"{label} (n={len(curves)})"] = (steps, mean) if steps else curves[0]
+    return out
+
+
+def _bands(groups: dict[str, list[Any]]) -> dict[str, Any]:
+    from harness.stats import band
+
+    out = {}
+    for label, curves in groups.items():
+        steps, _, low, high = band(curves)
+        if steps:
+            out[f"{label} (n={len(curves)})"] = (steps, low, high)
     return out
 
 

@@ -113,6 +113,18 @@ class TrialStore:
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
+    def frozen(self, number: int) -> Any:
+        """Trial ``number`` as it is in the storage now (a FrozenTrial)."""
+        return self.storage.get_trial(self.trial_id(number))
+
+    def report(self, number: int, step: int, value: float) -> None:
+        """An intermediate value of trial ``number``, written by any process (Trial.report needs the trial's own
+        process): a repeated sweep's seed runs report into their configuration's trial this way."""
+        self.storage.set_trial_intermediate_value(self.trial_id(number), step, value)
+
+    def set_attr(self, number: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(self.trial_id(number), key, value)
+
     def beats(self) -> bool:
         return hasattr(self.storage, "record_heartbeat") and self.storage.get_heartbeat_interval() is not None
 

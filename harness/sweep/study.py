@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import Issue, SpecError, UsageError
-from harness.spec import Spec, flatten, is_named_corpus, spec_to_dict, spec_to_yaml
+from harness.spec import ParamRange, Spec, flatten, is_named_corpus, spec_to_dict, spec_to_yaml
 from harness.sweep.storage import make_storage, study_lock
 from harness.tracking import MlflowTracker, check_store, client_for
+from harness.tracking.redact import redact_text, redact_url
 
-__all__ = ["NO_EFFECT_FIELDS", "OpenStudy", "from_optuna", "grid_points", "open_study", "point_key", "spec_digest", "to_optuna", "total_trials"]
+__all__ = ["GRID_POINT", "NO_EFFECT_FIELDS", "OpenStudy", "default_study_name", "from_optuna", "grid_points", "open_study", "point_key", "queue_name", "spec_digest", "suggest", "to_optuna", "total_trials"]
+
+GRID_POINT = "harness.grid_point"  # user attribute: which grid point a trial (or configuration) was queued for
 
 #: Fields that cannot change what a trial computes: changing them does not make a different study.
 NO_EFFECT_FIELDS = ("tracking.tags", "tracking.sample_tokens", "tracking.sample_prompt", "tracking.log_checkpoints",
@@ -37,7 +40,8 @@ class OpenStudy:
     name: str
     url: str
     parent_run_id: str
-    total: int  # trials the study runs in all
+    total: int  # trials the study runs in all (with repeats: configurations)
+    queue: Any = None  # a repeated sweep's seed queue (optuna.Study; see harness.sweep.repeats), else None
 
 
 def total_trials(spec: Spec, n_trials: int | None, *, file: str | None = None) -> int:
@@ -76,6 +80,19 @@ def from_optuna(params: dict[str, Any]) -> dict[str, Any]:
                 pass
         out[k] = v
     return out
+
+
+def suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
+    """Trial ``trial``'s value for the swept ``path`` (a queued trial gets its fixed value back)."""
+    choices = space if isinstance(space, list) else space.choices
+    if choices is not None:
+        stored = [to_optuna(c) for c in choices]
+        return choices[stored.index(trial.suggest_categorical(path, stored))]
+    if space.int is not None:
+        lo, hi = space.int
+        return trial.suggest_int(path, lo, hi, step=int(space.step or 1), log=space.log)
+    lo, hi = space.float  # type: ignore[misc]
+    return trial.suggest_float(path, lo, hi, step=space.step, log=space.log)
 
 
 def point_key(params: dict[str, Any]) -> str:
@@ -130,11 +147,28 @@ def open_study(spec: Spec, *, name: str, url: str, fresh: bool, uri: str, total:
         study = optuna.create_study(study_name=name, storage=storage, direction=sw.objective.direction, load_if_exists=True,
                                     sampler=make_sampler(spec), pruner=make_pruner(spec))
         if study.direction.name.lower() != sw.objective.direction:
-            raise UsageError(f"study '{name}' in {url} was created to {study.direction.name.lower()} its objective; "
+            raise UsageError(f"study '{name}' in {redact_url(url)} was created to {study.direction.name.lower()} its objective; "
                              "start over with --fresh, or pick another study name with --study NAME")
         _check_same_spec(spec, study, name)
+        queue = None
+        if sw.repeated:
+            queue = optuna.create_study(study_name=queue_name(name), storage=storage, direction=sw.objective.direction,
+                                        load_if_exists=True, pruner=optuna.pruners.NopPruner())
         parent = _parent_run(spec, study, uri, name, url)
-    return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total)
+    return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total, queue=queue)
+
+
+def default_study_name(spec: Spec) -> str:
+    """The study a spec runs in unless ``--study`` says otherwise: its name, and for a repeated sweep its name and seed
+    count (``lr_sweep-5seeds``), so repeating a sweep that already ran once neither clashes with its study nor needs
+    ``--fresh``."""
+    sw = spec.sweep
+    return f"{spec.name}-{sw.n_seeds}seeds" if sw is not None and sw.repeated else spec.name
+
+
+def queue_name(study_name: str) -> str:
+    """The study that queues a repeated sweep's seed runs (see harness.sweep.repeats)."""
+    return f"{study_name}.seeds"
 
 
 def _retire(name: str, storage: Any, uri: str) -> None:
@@ -147,6 +181,10 @@ def _retire(name: str, storage: Any, uri: str) -> None:
         return
     parent = old.user_attrs.get("mlflow_parent_run_id")
     optuna.delete_study(study_name=name, storage=storage)
+    try:
+        optuna.delete_study(study_name=queue_name(name), storage=storage)  # a repeated sweep's seed runs
+    except KeyError:
+        pass
     if parent:
         client = client_for(uri)
         try:
@@ -199,9 +237,9 @@ def _parent_run(spec: Spec, study: Any, uri: str, name: str, url: str) -> str:
                 client.update_run(existing, status="RUNNING")
             return existing
     tags = {**spec.tracking.tags, "harness.role": "sweep", "harness.study": name, "harness.spec_name": spec.name,
-            "harness.storage": url, "harness.spec_digest": spec_digest(spec)}
+            "harness.storage": redact_url(url), "harness.spec_digest": spec_digest(spec)}
     tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=f"{spec.name}-sweep", tags=tags)
     study.set_user_attr("mlflow_parent_run_id", tracker.run_id)  # at once: a later failure leaves no orphan parent
-    tracker.log_params({f"sweep.{k}": v for k, v in flatten(spec_to_dict(spec)["sweep"]).items()})
-    tracker.log_text(spec_to_yaml(spec), "spec.yaml")
+    tracker.log_params({f"sweep.{k}": redact_url(v) if k == "storage" and v else v for k, v in flatten(spec_to_dict(spec)["sweep"]).items()})
+    tracker.log_text(redact_text(spec_to_yaml(spec)), "spec.yaml")
     return tracker.run_id

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.errors import HarnessError, SpecError
-from harness.spec import ParamRange, Spec, variant
-from harness.sweep.study import to_optuna
+from harness.spec import Spec, variant
+from harness.sweep.repeats import CONFIG, REPEAT, SEED, PairedPruner, config_id, config_label
+from harness.sweep.study import suggest
 from harness.testing import faults
 from harness.tracking import client_for
 from harness.tracking.liveness import run_is_set_up
@@ -47,6 +48,8 @@ def make_pruner(spec: Spec) -> Any:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "paired":
+        return PairedPruner(p_threshold=p.p_threshold)
     return optuna.pruners.NopPruner()
 
 
@@ -78,22 +81,30 @@ class TrialSettings:
     progress: Callable[[str], Any] | None  # label -> a trainer callback that shows progress, or None
 
 
-def run_trial(settings: TrialSettings, trial: Any, base: Spec) -> TrialOutcome:
-    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM."""
+def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Callable[[int], str | None] | None = None) -> TrialOutcome:
+    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM.
+
+    A seed run of a repeated sweep (its trial carries its configuration, repeat and seed) runs under its seed, with
+    its configuration in its tags; ``stopped(configuration)`` says why that configuration wants no more seed runs
+    (the paired rule stopped it), and the run then stops at its next evaluation."""
     import signal
 
     sw = base.sweep
     assert sw is not None
-    params = {path: _suggest(trial, path, space) for path, space in sw.params.items()}
+    params = {path: suggest(trial, path, space) for path, space in sw.params.items()}
+    seed_run = _SeedRun.of(trial, base, params)
     try:
-        spec = _trial_spec(settings, base, params, trial.number)
+        spec = _trial_spec(settings, base, params, trial.number, seed_run)
     except SpecError as exc:
         return TrialOutcome("FAIL", stop_reason=StopReason.INVALID, fail_reason=exc.render()[:2000])
-    label = f"trial {trial.number}"
+    label = f"trial {trial.number}" if seed_run is None else seed_run.progress_label
     progress = settings.progress(label) if settings.progress else None
+    callbacks: list[Any] = [_Pruning(trial, sw.objective.metric)]
+    if seed_run is not None and stopped is not None:
+        callbacks.append(_ConfigWatch(lambda: stopped(seed_run.config)))  # type: ignore[union-attr]
     faults.point("trial_start")
     try:
-        outcome = _execute(settings, trial, spec, [_Pruning(trial, sw.objective.metric)], progress)
+        outcome = _execute(settings, trial, spec, callbacks, progress, seed_run)
     except KeyboardInterrupt:
         raise TrialInterrupted(signal.SIGINT) from None
     except HarnessError as exc:
@@ -115,14 +126,47 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec) -> TrialOutcome:
     return TrialOutcome("COMPLETE", value=value, stop_reason=stop)
 
 
-def _trial_spec(settings: TrialSettings, base: Spec, params: dict[str, Any], number: int) -> Spec:
+@dataclass(frozen=True)
+class _SeedRun:
+    """What a repeated sweep's seed run knows of itself (from its trial's user attributes)."""
+
+    config: int  # its configuration's trial number
+    repeat: int
+    seed: int
+    label: str  # the configuration's swept values, readable
+    run_name: str
+
+    @classmethod
+    def of(cls, trial: Any, base: Spec, params: dict[str, Any]) -> _SeedRun | None:
+        attrs = trial.user_attrs
+        if CONFIG not in attrs:
+            return None
+        config, repeat, seed = int(attrs[CONFIG]), int(attrs[REPEAT]), int(attrs[SEED])
+        name = f"{base.name}-{config_id(config)}-s{seed}" if params else f"{base.name}-s{seed}"
+        return cls(config, repeat, seed, config_label(params, base.name), name)
+
+    @property
+    def progress_label(self) -> str:
+        return f"{config_id(self.config)} seed {self.seed}"
+
+    def tags(self) -> dict[str, str]:
+        return {"harness.config_id": config_id(self.config), "harness.config": self.label, "harness.repeat": str(self.repeat),
+                "harness.seed": str(self.seed)}
+
+
+def _trial_spec(settings: TrialSettings, base: Spec, params: dict[str, Any], number: int, seed_run: _SeedRun | None) -> Spec:
     values = dict(params)
     if settings.threads:
         values["train.threads"] = settings.threads
-    return variant(base, values, file=f"{settings.spec_file} (trial {number})", run_name=f"{base.name}-t{number:03d}")
+    name = f"{base.name}-t{number:03d}"
+    if seed_run is not None:
+        values["seed"] = seed_run.seed
+        name = seed_run.run_name
+    return variant(base, values, file=f"{settings.spec_file} (trial {number})", run_name=name)
 
 
-def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[Any], progress: Any) -> tuple[str, StopReason, str, str, int | None]:
+def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[Any], progress: Any,
+             seed_run: _SeedRun | None = None) -> tuple[str, StopReason, str, str, int | None]:
     """The trial's MLflow run, to its end: (run id, stop reason, status, message, signal).
 
     A retried trial carries the MLflow run of its first attempt: a finished run is only reported (its worker died
@@ -142,7 +186,8 @@ def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[An
     else:
         out = job.run(spec, run_id=run.info.run_id if run is not None else None, uri=settings.tracking_uri,
                       parent_run_id=settings.parent_run_id, callbacks=callbacks, progress=progress,
-                      tags={"harness.role": "trial", "harness.trial": str(trial.number), "harness.study": settings.study_name},
+                      tags={"harness.role": "trial", "harness.trial": str(trial.number), "harness.study": settings.study_name,
+                            **(seed_run.tags() if seed_run is not None else {})},
                       on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
     return out.run_id, out.stop_reason, out.status, out.message, out.signal
 
@@ -155,18 +200,6 @@ def _existing_run(client: Any, run_id: str | None) -> Any | None:
     except Exception:
         return None
     return None if run.info.lifecycle_stage == "deleted" else run
-
-
-def _suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
-    choices = space if isinstance(space, list) else space.choices
-    if choices is not None:
-        stored = [to_optuna(c) for c in choices]
-        return choices[stored.index(trial.suggest_categorical(path, stored))]
-    if space.int is not None:
-        lo, hi = space.int
-        return trial.suggest_int(path, lo, hi, step=int(space.step or 1), log=space.log)
-    lo, hi = space.float  # type: ignore[misc]
-    return trial.suggest_float(path, lo, hi, step=space.step, log=space.log)
 
 
 class _Pruning:
@@ -185,6 +218,19 @@ class _Pruning:
         self.trial.report(value, step=event.step)
         if event.step > 0 and self.trial.should_prune():
             raise StopTraining(StopReason.PRUNED, f"pruned by {type(self.trial.study.pruner).__name__} at step {event.step}")
+
+
+class _ConfigWatch:
+    """Trainer callback for a seed run: stop at an evaluation once its configuration wants no more seed runs."""
+
+    def __init__(self, why: Callable[[], str | None]):
+        self.why = why
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, EvalEnd) and event.step > 0:
+            reason = self.why()
+            if reason is not None:
+                raise StopTraining(StopReason.PRUNED, f"its configuration stopped: {reason}")
 
 
 def _objective_value(client: Any, run_id: str, metric: str, *, summary: str, direction: str) -> float | None:

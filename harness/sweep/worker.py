@@ -24,7 +24,8 @@ from harness import collector
 from harness.errors import HarnessError
 from harness.spec import Spec, spec_from_dict
 from harness.sweep.storage import GRACE_S, HEARTBEAT_S, MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, retried_numbers, study_lock
-from harness.sweep.study import from_optuna, grid_points, point_key, to_optuna
+from harness.sweep.repeats import Repeats, queue_name
+from harness.sweep.study import GRID_POINT, from_optuna, grid_points, point_key, to_optuna
 from harness.sweep.trial import TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
 from harness.testing import faults
 from harness.tracking import client_for
@@ -32,8 +33,6 @@ from harness.tracking.liveness import mark_run_crashed, pid_alive
 from harness.train.events import StopReason
 
 __all__ = ["WorkerPlan", "run_workers", "start_workers_early", "work"]
-
-GRID_POINT = "harness.grid_point"  # the user attribute that says which grid point a trial was queued for
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,20 @@ def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
 
     name = plan.trials.study_name
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(base), pruner=make_pruner(base))
-    trials = TrialStore(storage, name)
+    repeats: Repeats | None = None
+    if base.sweep.repeated:  # type: ignore[union-attr]
+        # the trials a worker runs are the seed runs; the study's own trials are their configurations
+        queue = optuna.load_study(study_name=queue_name(name), storage=storage, pruner=optuna.pruners.NopPruner())
+        repeats = Repeats(storage, study, queue, base, plan.total)
+        study = queue
+    trials = TrialStore(storage, study.study_name)
     while True:
         with study_lock(plan.storage_url, name):
             reap_stale(study, trials, plan.trials.tracking_uri)
-            trial = _next_trial(study, base, plan.total, plan.deadline)
+            if repeats is not None:
+                trial = repeats.next_trial(plan.deadline)
+            else:
+                trial = _next_trial(study, base, plan.total, plan.deadline)
             if trial is not None:
                 # Owned before the lock is released: no reaper can take a trial whose owner is not written yet.
                 trial.set_user_attr("pid", os.getpid())
@@ -85,7 +93,7 @@ def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
             return 0
         try:
             with _heartbeat(trials, trial.number):
-                outcome = run_trial(plan.trials, trial, base)
+                outcome = run_trial(plan.trials, trial, base, stopped=repeats.stopped if repeats is not None else None)
         except TrialInterrupted as stop:
             trials.fail(study, trial.number, stop_reason=StopReason.INTERRUPTED.value, retry=True)
             return 128 + stop.signum

@@ -1,14 +1,15 @@
-"""Python's cyclic garbage collector while a ``harness`` process starts up.
+"""Python's cyclic garbage collector while a ``harness`` process sets up a run.
 
-Start-up imports torch, MLflow, SQLAlchemy's models, torch._dynamo (through torch.optim) and pandas. The heap grows
-by about a million objects, and every time it has grown by a quarter the collector walks all of it: eight full
-passes of 25-310 ms, 1.2 s of a 25 s ``harness run`` (measured with ``gc.callbacks``), freeing almost nothing.
+Setting up a run imports torch, MLflow, SQLAlchemy's models and torch._dynamo (through torch.optim). The heap grows
+by about a million objects, and every time it has grown by a quarter the collector walks all of it: several full
+passes that free almost nothing (measured with ``gc.callbacks``: bench/RESULTS.md, section 3).
 
-So the ``harness`` command pauses automatic collection when it starts (:func:`pause`), and the job resumes it just
-before the first training step (:func:`resume`): what is alive then (modules, the model, the data) is frozen out of
-the collector's sight with ``gc.freeze`` and collection goes on as usual for everything made after it. A library
-caller who never paused is untouched: :func:`resume` does nothing then. No library fits: this is process policy over
-the standard library's ``gc`` (two calls each way).
+So ``harness run`` and ``harness resume`` pause automatic collection when they start (:func:`pause`), and the job
+resumes it just before the first training step (:func:`resume`): what is alive then (modules, the model, the data)
+is frozen out of the collector's sight with ``gc.freeze`` and collection goes on as usual for everything made after
+it. Every other command (``ui`` and ``dashboard`` serve for hours) never pauses it. A library caller who never paused
+is untouched: :func:`resume` does nothing then. No library fits: this is process policy over the standard library's
+``gc`` (two calls each way).
 """
 
 from __future__ import annotations

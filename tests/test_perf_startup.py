@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import re
+import sys
 
 import pytest
 from conftest import CHILD_WARNINGS
@@ -73,6 +75,34 @@ def test_a_run_started_paused_sets_up_without_collections_and_trains_with_them(t
     assert at_resume[:1] == [0], "no automatic collection while the run was set up"
     enabled, paused, frozen = at_step[0]
     assert enabled and not paused and frozen > 0, "training runs with the collector on, the start-up heap frozen"
+
+
+# Every command of the harness command line, with the arguments it needs to parse.
+COMMANDS = {"run": ["x.yaml"], "resume": ["x"], "validate": ["x.yaml"], "corpora": [], "schema": [], "results": ["x"],
+            "compare": ["x", "y"], "plot": ["x"], "ui": [], "dashboard": ["x"], "generate": ["x"]}
+
+
+def test_the_command_table_here_is_every_command():
+    from harness.cli import build_parser
+
+    help_text = build_parser().format_help()
+    listed = re.findall(r"^    ([a-z]+)(?:\s|$)", help_text, flags=re.M)
+    assert sorted(listed) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_harness_command_pauses_the_collector_only_to_set_up_a_run(command, monkeypatch, restore_gc):
+    """`harness ui` and `harness dashboard` serve for hours, and every other command that trains nothing runs to its
+    end: none runs with the collector paused. run and resume set up a run with it paused (the job resumes it)."""
+    import harness.cli
+
+    seen: list[bool] = []
+    monkeypatch.setattr(harness.cli, "_main", lambda args: seen.append(gc.isenabled()) or 0)  # instead of the command
+    monkeypatch.setattr(sys, "argv", ["harness", command, *COMMANDS[command]])
+    gc.enable()
+    assert harness.cli.main() == 0  # as the harness script: no argv
+    assert seen == [command not in ("run", "resume")], f"harness {command}: collector {'on' if seen[0] else 'paused'}"
+    assert gc.isenabled(), "the collector stays paused after the command"
 
 
 def test_forked_workers_run_in_the_drivers_folder_and_environment(tmp_path, tmp_path_factory, monkeypatch):

@@ -32,15 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that set up a run: its imports (torch, MLflow, SQLAlchemy's models) pause the garbage collector until the
+# run starts training (harness.collector). Every other command (ui and dashboard serve for hours) keeps it running.
+_SETS_UP_A_RUN = frozenset({"run", "resume"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code. As the ``harness`` script (no ``argv``), the process ends right
     after: see :func:`_before_exit`."""
-    if argv is None:
-        collector.pause()  # start-up's imports: see harness.collector; the job resumes it before training
+    args = build_parser().parse_args(argv)
+    if argv is None and args.command in _SETS_UP_A_RUN:
+        collector.pause()  # see harness.collector; the job resumes it just before the first training step
     try:
-        code = _main(argv)
+        code = _main(args)
     finally:
-        collector.resume()  # a command that never reached training (validate, a failed set-up, a sweep's parent)
+        collector.resume()  # a run that never reached training (a failed set-up, a sweep's parent)
     if argv is None:
         _before_exit()
     return code
@@ -48,16 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _before_exit() -> None:
     """Make the interpreter's shutdown quick. After a run (torch, MLflow, pandas, matplotlib loaded), its garbage
-    collection passes over every object took about 1 s of a 25 s ``harness run``, freeing nothing that matters: the
-    run's files and the store are written and closed before this. ``gc.freeze`` moves the objects alive now out of
-    the collector's sight; exit handlers still run, and the process ends as usual."""
+    collection passes over every object, a noticeable share of a short run's wall time (bench/RESULTS.md), freeing
+    nothing that matters: the run's files and the store are written and closed before this. ``gc.freeze`` moves the
+    objects alive now out of the collector's sight; exit handlers still run, and the process ends as usual."""
     import gc
 
     gc.freeze()
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     try:
         return int(args.fn(args) or 0)
     except HarnessError as exc:

@@ -62,3 +62,22 @@ def test_a_study_storage_with_a_password_is_not_printed_when_the_database_is_dow
     assert done.returncode == 2, done.stdout + done.stderr
     assert "postgresql://u:***@127.0.0.1:9/optuna" in done.stderr
     assert "Pw0rdSecret" not in done.stdout + done.stderr
+
+
+def test_a_lookup_in_a_password_protected_tracking_database_does_not_echo_the_password(pg_server):
+    """MLflow's tracking store may be a database URL; a run that is not there is reported without its password (the
+    message can end up in a trial's fail_reason and the sweep's trials.csv, not only on the terminal)."""
+    import uuid
+
+    from harness.errors import UsageError
+    from harness.job.source import find_model
+
+    token = uuid.uuid4().hex[:8]
+    role, password, db = f"tracker_{token}", f"Pw{token}Secret", f"mlflow_{token}"
+    pg_server.create_role(role, password)
+    pg_server.create_database(db, owner=role)
+    uri = f"postgresql://{role}:{password}@127.0.0.1:{pg_server.port}/{db}"
+    for target in ("0123456789abcdef0123456789abcdef", "no_such_experiment"):
+        with pytest.raises(UsageError) as err:
+            find_model(target, uri=uri)
+        assert f"{role}:***@" in str(err.value) and password not in str(err.value), str(err.value)

@@ -127,9 +127,11 @@ def _run_for(client: Any, target: str, uri: str, notes: list[str]) -> Any:
         except MlflowException:
             run = None
         if run is None:
+            from harness.tracking.redact import redact_url
+
             if RUN_ID.match(target):
-                raise UsageError(f"no run with id '{target}' in the tracking store {uri}")
-            raise UsageError(f"'{target}' is neither a checkpoint file, nor a run id, nor an experiment in {uri}")
+                raise UsageError(f"no run with id '{target}' in the tracking store {redact_url(uri)}")
+            raise UsageError(f"'{target}' is neither a checkpoint file, nor a run id, nor an experiment in {redact_url(uri)}")
     if run.data.tags.get("harness.role") == "sweep":
         run = _best_trial(client, run, notes)
     return run

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from harness.errors import UsageError
+from harness.tracking.redact import redact_url
 
 __all__ = ["RUN_ID", "RUN_ID_PREFIX", "resolve_run_id"]
 
@@ -25,7 +26,7 @@ def resolve_run_id(client: Any, text: str, *, uri: str = "") -> str | None:
     if len(matches) > 1:
         shown = "\n".join(f"  {r.info.run_id}  {r.info.run_name}  ({r.info.status})" for r in matches[:10])
         more = f"\n  ... and {len(matches) - 10} more" if len(matches) > 10 else ""
-        raise UsageError(f"the run id prefix '{text}' is ambiguous in {uri or 'the tracking store'}; it matches:\n{shown}{more}\n"
+        raise UsageError(f"the run id prefix '{text}' is ambiguous in {redact_url(uri) if uri else 'the tracking store'}; it matches:\n{shown}{more}\n"
                          "give more characters")
     return matches[0].info.run_id if matches else None
 

@@ -81,3 +81,26 @@ def test_a_lookup_in_a_password_protected_tracking_database_does_not_echo_the_pa
         with pytest.raises(UsageError) as err:
             find_model(target, uri=uri)
         assert f"{role}:***@" in str(err.value) and password not in str(err.value), str(err.value)
+
+
+def test_a_broken_sweeps_parent_run_keeps_the_error_without_a_password(tmp_path, tiny_spec_dict):
+    """The parent run's harness.message tag holds whatever error broke the sweep; a URL in it is redacted."""
+    import os
+
+    from harness.errors import HarnessError
+    from harness.spec import spec_from_dict
+    from harness.sweep.report import fail_parent
+    from harness.sweep.study import open_study
+    from harness.tracking import client_for
+
+    raw = dict(tiny_spec_dict, sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-3]}})
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    opened = open_study(spec_from_dict(raw), name="broken", url=f"sqlite:///{tmp_path}/studies/broken.db", fresh=False, uri=uri, total=1)
+    try:
+        error = HarnessError("the study database postgresql://u:Pw0rdSecret@db-host/optuna went away")
+        assert fail_parent(opened, uri=uri, error=error)
+    finally:
+        opened.storage.engine.dispose()
+    run = client_for(uri).get_run(opened.parent_run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["harness.message"] == "HarnessError: the study database postgresql://u:***@db-host/optuna went away"

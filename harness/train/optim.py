@@ -36,11 +36,10 @@ def resolve_implementation(name: str, device: torch.device) -> str:
 
 def _kernels(name: str, device: torch.device) -> dict[str, bool]:
     # foreach: one multi-tensor kernel per operation instead of a Python loop over the parameters. torch picks it on
-    # CUDA by itself but not on the CPU, where it makes AdamW's step 1.5x faster with bit-identical results.
-    # fused: the whole update in one kernel per parameter group. On this project's CPU it is about 4x faster than
-    # foreach still (1 ms of the chapter model's 31 ms step), but it rounds differently: after 300 steps the weights
-    # differ by up to 1e-5, which moves the last printed digits of the README's figures, all measured with foreach.
-    # On CUDA it is the fast path nanoGPT uses, hence auto.
+    # CUDA by itself but not on the CPU, where it makes AdamW's step faster with bit-identical results.
+    # fused: the whole update in one kernel per parameter group, faster again on the CPU, but it rounds differently,
+    # which moves the last printed digits of the README's figures, all measured with foreach (the figures: README's
+    # Performance section, bench/). On CUDA it is the fast path nanoGPT uses, hence auto.
     if resolve_implementation(name, device) == "fused":
         return {"fused": True}
     return {"foreach": True}

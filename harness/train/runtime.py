@@ -55,8 +55,8 @@ def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 def bf16_pays(device: torch.device, *, cpu_flags: set[str] | None = None) -> bool:
     """Whether bf16 matmuls are native, hence faster than fp32, on ``device``: CUDA devices that support bf16, and
-    x86 CPUs with AVX512-BF16 or AMX-BF16 (on this project's 2-core AMD EPYC, a bf16 matmul of the d_model-128 model's
-    shapes is 3.5x an fp32 one). Elsewhere bf16 is emulated on the CPU, slower than fp32: False."""
+    x86 CPUs with AVX512-BF16 or AMX-BF16 (measured: bench/RESULTS.md, section 4). Elsewhere bf16 is emulated on the
+    CPU, slower than fp32: False."""
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type != "cpu":
@@ -90,9 +90,9 @@ def keep_freed_memory(mmap_mib: int = 64, trim_mib: int = 256) -> bool:
 
     A training step allocates and frees the same activation-sized buffers every step. By default glibc serves
     buffers above a (dynamic) threshold with fresh ``mmap`` pages and trims the heap after large frees, so every step
-    pays page faults on memory it just released: about 1,600 faults per step in the chapter's model, 5-6 % of its
-    step time here. With buffers up to ``mmap_mib`` served from the heap, and up to ``trim_mib`` of free heap kept,
-    the same memory is reused (about 50 faults per step). The price: the process keeps its peak heap until it exits.
+    pays page faults on memory it just released, a measurable share of a small model's step on the CPU. With buffers
+    up to ``mmap_mib`` served from the heap, and up to ``trim_mib`` of free heap kept, the same memory is reused and
+    those faults are gone. The price: the process keeps its peak heap until it exits.
     Returns whether the setting took (False off glibc, e.g. on macOS or musl; nothing changes there)."""
     global _allocator_tuned
     if _allocator_tuned:
@@ -176,11 +176,10 @@ def choose_threads(current: int, *, cap: int, cpus: int, others: float, calm_sam
     """The intra-op thread count to use next, given the CPUs other processes kept busy over the last interval.
 
     OpenMP threads spin while they wait for each other. When two processes' threads share too few cores, each spins
-    through the time slice its partner needs, and both crawl (two 2-thread trainings on 2 cores: 1.5 % of their solo
-    speed each). So never run more threads than the CPUs left free: fewer at once when others take more than half a
-    CPU of ours (``free`` rounded), more again only when the extra CPU is nearly idle (three quarters free) for
-    ``calm_needed`` samples in a row (``calm_samples`` counts them), so a short burst elsewhere does not make it
-    flip. Always between 1 and ``cap``."""
+    through the time slice its partner needs, and both crawl (bench/RESULTS.md, section 1). So never run more threads
+    than the CPUs left free: fewer at once when others take more than half a CPU of ours (``free`` rounded), more
+    again only when the extra CPU is nearly idle (three quarters free) for ``calm_needed`` samples in a row
+    (``calm_samples`` counts them), so a short burst elsewhere does not make it flip. Always between 1 and ``cap``."""
     free = cpus - others
     down = max(1, min(cap, math.floor(free + 0.5)))
     if down < current:

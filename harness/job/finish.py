@@ -2,40 +2,124 @@
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+import threading
+from types import FrameType
 from typing import Any, Callable
 
 from harness.job.build import Built, sample_text
 from harness.job.outcome import RunOutcome
 from harness.spec import Spec
+from harness.testing import faults
 from harness.tracking import TrackingError
 from harness.tracking.protocol import Tracker
 from harness.train.events import StopReason, TrainResult
 
-__all__ = ["finish"]
+__all__ = ["FinishSignals", "Interrupted", "finish"]
 
 _PLOTTED = ("train/loss", "val/loss", "train/loss_eval", "grad_norm", "lr")
 
 
-def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, resumed_from: str | None) -> RunOutcome:
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM while a run finishes (see :class:`FinishSignals`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class FinishSignals:
+    """SIGINT and SIGTERM between the end of training and the run's end in the store.
+
+    Entered before training (the trainer's own handlers take over while it trains, then hand back to these), it keeps
+    a signal until the finishing work begins (:meth:`arm`); from then on a signal stops that work at once with
+    :class:`Interrupted`: the user is waiting, so the run ends KILLED with stop_reason=interrupted, and ``harness
+    resume`` finishes it later. Without this, Ctrl-C left the run RUNNING and SIGTERM killed the process outright.
+    :meth:`disarm` puts the previous handlers back, so a second Ctrl-C while the run is being ended stops at once, as
+    during training. Outside the main thread, where no handler can be installed, it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._armed = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> FinishSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        if self._armed:
+            self._armed = False
+            raise Interrupted(signum)
+
+    def arm(self) -> None:
+        """The finishing work begins: a signal already received stops it now, a later one when it comes."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disarm()
+
+
+def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, resumed_from: str | None,
+           signals: FinishSignals | None = None) -> RunOutcome:
     """Record how the run ended and close it in the store. When the store went away during the run, keep what
-    could not be written next to the checkpoint instead."""
+    could not be written next to the checkpoint instead. ``signals`` (entered by the caller) lets SIGINT/SIGTERM
+    stop the finishing work and end the run interrupted."""
     if built.logger is not None and built.logger.offline_error is not None:
         return _finish_offline(spec, tracker, built, result, resumed_from=resumed_from)
     facts = dict(built.facts)
     if built.logger is not None and built.logger.initial_loss is not None:
         facts["initial_loss"] = built.logger.initial_loss
     try:
-        _log_summary(tracker, result, built.trainer.watch)
-        _tag_outcome(tracker, result, facts)
-        _extras(spec, tracker, built, result)
-        _upload_checkpoints(spec, tracker, built)
-        tracker.end(result.stop_reason.status)
+        try:
+            if signals is not None:
+                signals.arm()
+            faults.point("finish")
+            _log_summary(tracker, result, built.trainer.watch)
+            _tag_outcome(tracker, result, facts)
+            _extras(spec, tracker, built, result)
+            _upload_checkpoints(spec, tracker, built)
+            tracker.end(result.stop_reason.status)
+        finally:
+            if signals is not None:
+                signals.disarm()
+    except Interrupted as stop:
+        return _end_interrupted(spec, tracker, built, result, facts, stop.signum, resumed_from=resumed_from)
     except TrackingError as exc:  # the store went away just now: the same way out as during training
-        if built.logger is not None:
-            built.logger.offline_error = str(exc)
-        tracker.offline = True
-        return _finish_offline(spec, tracker, built, result, resumed_from=resumed_from)
+        return _go_offline(spec, tracker, built, result, str(exc), resumed_from=resumed_from)
     return _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)
+
+
+def _end_interrupted(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, facts: dict[str, Any], signum: int, *,
+                     resumed_from: str | None) -> RunOutcome:
+    """A signal stopped the finishing work: the run ends KILLED/interrupted; resuming it finishes it (its weights
+    are in last.pt: every run ends with an evaluation, and every evaluation writes it)."""
+    stopped = dataclasses.replace(result, stop_reason=StopReason.INTERRUPTED, signal=signum,
+                                  message=f"interrupted while the run was finishing; to finish it, run: harness resume {tracker.run_id}")
+    try:
+        tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value, "harness.message": stopped.message})
+        tracker.end(StopReason.INTERRUPTED.status)
+    except TrackingError as exc:
+        return _go_offline(spec, tracker, built, stopped, str(exc), resumed_from=resumed_from)
+    return _outcome(spec, tracker, built, stopped, facts, resumed_from=resumed_from)
+
+
+def _go_offline(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, error: str, *, resumed_from: str | None) -> RunOutcome:
+    if built.logger is not None:
+        built.logger.offline_error = error
+    tracker.offline = True
+    return _finish_offline(spec, tracker, built, result, resumed_from=resumed_from)
 
 
 def _extras(spec: Spec, tracker: Tracker, built: Built, result: TrainResult) -> None:

@@ -19,7 +19,7 @@ from harness.errors import UsageError
 from harness.job.build import Built, build, load_source, step_cap
 from harness.job.ddp import Announcer, follow
 from harness.job.finetune import Lineage, resolve_init
-from harness.job.finish import finish
+from harness.job.finish import FinishSignals, finish
 from harness.job.outcome import RunOutcome
 from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict, spec_to_yaml
 from harness.testing import faults
@@ -159,24 +159,25 @@ def _train(spec: Spec, tracker: Tracker, built: Built, *, resumed_from: str | No
     from harness.train.checkpoint import CheckpointError
 
     collector.resume()  # start-up is over: see harness.collector
-    try:
-        result = built.trainer.fit()
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-        tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
-        tracker.end("KILLED")
-        raise
-    except CheckpointError as exc:
-        # e.g. the disk is full: the newest checkpoint on disk is intact, so the run can go on once that is fixed
-        message = f"{exc}; run {tracker.run_id} stopped at step {built.trainer.step}; fix that, then run: harness resume {tracker.run_id}"
-        _end_failed(tracker, message)
-        raise CheckpointError(message) from None
-    except BaseException as exc:
+    with FinishSignals() as signals:  # a signal after training stops the finishing work: see FinishSignals
         try:
-            _end_failed(tracker, f"{type(exc).__name__}: {exc}")
-        except Exception:
-            pass
-        raise
-    outcome = finish(spec, tracker, built, result, resumed_from=resumed_from)
+            result = built.trainer.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
+            tracker.end("KILLED")
+            raise
+        except CheckpointError as exc:
+            # e.g. the disk is full: the newest checkpoint on disk is intact, so the run can go on once that is fixed
+            message = f"{exc}; run {tracker.run_id} stopped at step {built.trainer.step}; fix that, then run: harness resume {tracker.run_id}"
+            _end_failed(tracker, message)
+            raise CheckpointError(message) from None
+        except BaseException as exc:
+            try:
+                _end_failed(tracker, f"{type(exc).__name__}: {exc}")
+            except Exception:
+                pass
+            raise
+        outcome = finish(spec, tracker, built, result, resumed_from=resumed_from, signals=signals)
     outcome.notes = list(notes or [])
     return outcome
 
@@ -284,11 +285,12 @@ def _resumable_run(client: Any, run_id: str, uri: str, *, allow_finished: bool, 
 
 def _saved_data(spec: Spec, tracker: Tracker, tmp: Path) -> dict[str, Any]:
     """What a finetuned run rebuilds its data from on resume: its own copy of the source's tokenizer, and a
-    classifier's label map (build's keyword arguments). A run trained from scratch rebuilds both from its data."""
+    classifier's label map (build's keyword arguments). A run trained from scratch rebuilds both from its data, but
+    for a tiktoken ranks file: the run's saved copy of the ranks (the file may be gone, or different, here)."""
     from harness.data.tokenizers import tokenizer_from_dict
 
     saved: dict[str, Any] = {}
-    if spec.init is not None:
+    if spec.init is not None or spec.data.tokenizer.path is not None:
         saved["tokenizer"] = tokenizer_from_dict(json.loads(Path(tracker.download("tokenizer.json", tmp)).read_text(encoding="utf-8")))
     if spec.task.kind == "classify":
         saved["labels"] = json.loads(Path(tracker.download("labels.json", tmp)).read_text(encoding="utf-8"))

@@ -3,8 +3,9 @@
 ``HARNESS_KILL_AT="<point>:<n>"`` sends SIGKILL to the current process the n-th time (1-based) execution passes
 ``point``. Points: ``step`` (after an optimizer step), ``eval`` (inside an evaluation), ``checkpoint_write`` (after the
 temp file is written, before the rename), ``flush`` (after a metric batch is written), ``run_setup`` (the MLflow run
-exists but is not set up yet), and in sweeps ``trial_start`` (a trial is claimed in the study, before its MLflow run
-exists) and ``trial_end`` (the trial's run has ended, before the study is told).
+exists but is not set up yet), ``finish`` (training is over; the run's summary, plots, sample and uploads begin), and
+in sweeps ``trial_start`` (a trial is claimed in the study, before its MLflow run exists) and ``trial_end`` (the
+trial's run has ended, before the study is told).
 
 ``HARNESS_FAIL_AT="checkpoint_write:<n>"`` makes the n-th checkpoint write run out of disk space part-way through:
 the stream that ``torch.save`` writes to raises ``OSError(ENOSPC)`` after a few bytes, as a full disk would.

@@ -26,6 +26,8 @@ from harness.testing import faults
 from harness.tracking import MlflowTracker, check_store, client_for, tracking_uri
 from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live
 from harness.tracking.protocol import Tracker
+from harness.tracking.store import parse_store_url
+from harness.tracking.tracker import staging_root
 from harness.tracking.lookup import resolve_run_id
 from harness.train.events import StopReason
 
@@ -98,6 +100,8 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
     run_tags = {**spec.tracking.tags, **(tags or {}), "harness.spec_name": spec.name, **owner_tags(),
                 **(lineage.tags() if lineage else {}), **({"harness.step_cap": str(cap)} if cap else {})}
     run_name = spec.tracking.run_name or spec.name
+    if parse_store_url(uri).kind == "http":
+        staging_root()  # checkpoints will be staged here: a folder that is not this user's own is refused before the run exists
     client = client_for(uri)
     reap_stale_runs(client)
     if run_id is not None:

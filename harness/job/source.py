@@ -161,9 +161,11 @@ def _best_run(client: Any, exp: Any) -> Any:
 
 
 def _download(client: Any, rid: str, checkpoint: str, notes: list[str], *, finished: bool) -> TrainedModel:
-    """The run's spec, tokenizer and checkpoint from a remote artifact store. A finished run's files never change, so
-    they are downloaded once into a cache folder (whole files only: each lands under a temporary name and is renamed,
-    under a lock, so concurrent trials share one download); a run still going is fetched afresh."""
+    """The run's spec, tokenizer and checkpoint from a remote artifact store, into this user's cache folder (see
+    harness.tracking.folders). A finished run's files never change, so they are downloaded once (whole files only: each
+    lands under a temporary name and is renamed, under a lock, so concurrent trials share one download); a run still
+    going is fetched afresh at every use, into the one folder it has beside them."""
+    from harness.tracking.folders import private_folder, user_temp_folder
     from harness.tracking.store import local_lock
 
     try:
@@ -177,13 +179,13 @@ def _download(client: Any, rid: str, checkpoint: str, notes: list[str], *, finis
         raise UsageError(f"run {rid} has no {want} or {other} artifact (checkpoint uploads are off, or it never saved one)")
     if pick != want:
         notes.append(f"run {rid} has no {want}; using {other}")
-    root = Path(tempfile.gettempdir()) / "harness-models"
-    cache = root / rid if finished else Path(tempfile.mkdtemp(prefix="harness-model-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = private_folder(user_temp_folder("harness-models"), what="downloaded models",
+                          instead="remove it, or set TMPDIR to a folder of your own")
+    cache = root / (rid if finished else f"{rid}.running")
     with local_lock(root / f".{rid}.lock"):
         for name in ("spec.yaml", "tokenizer.json", pick):
             target = cache / name
-            if target.is_file():
+            if finished and target.is_file():
                 continue
             with tempfile.TemporaryDirectory(dir=root) as tmp:
                 try:

@@ -47,14 +47,15 @@ def run_is_live(run: Any) -> bool:
 
 def reap_stale_runs(client: Any) -> list[str]:
     """Runs still RUNNING whose harness process on this host is gone (kill -9, power loss) become FAILED with
-    stop_reason=crashed. Returns their ids. Runs of other hosts are left alone."""
-    try:
-        exp_ids = [e.experiment_id for e in client.search_experiments()]
-        if not exp_ids:
-            return []
-        running = client.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000)
-    except Exception:
+    stop_reason=crashed. Returns their ids. Runs of other hosts are left alone. A store that cannot be searched (after
+    the usual retries) is a TrackingError: skipping the search in silence would leave dead runs RUNNING unnoticed."""
+    from harness.tracking.tracker import retrying
+
+    what = "look for crashed runs in the store"
+    exp_ids = retrying(what, lambda: [e.experiment_id for e in client.search_experiments()])
+    if not exp_ids:
         return []
+    running = retrying(what, lambda: client.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000))
     reaped = []
     for r in running:
         pid = _other_local_pid(r.data.tags)

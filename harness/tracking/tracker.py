@@ -8,21 +8,24 @@ goes through one retry layer (:meth:`MlflowTracker._retry`); MLflow's own HTTP r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 from harness.testing import faults
+from harness.tracking.folders import private_folder, user_temp_folder
+from harness.tracking.redact import redact_text
 from harness.tracking.store import TrackingError
 
-__all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir"]
+__all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir", "retrying", "staging_root"]
 
+T = TypeVar("T")
 _PARAM_LIMIT = 6000
 PENDING = "pending_metrics.jsonl"
 
@@ -50,12 +53,19 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return str(store.path.resolve().parent / folder)
 
 
+def staging_root() -> Path:
+    """Where checkpoints of runs on a remote artifact store are written before upload: ``$HARNESS_STAGING``, else this
+    user's ``harness-staging-<uid>`` in the temp folder; checked to be this user's own (see harness.tracking.folders)."""
+    given = os.environ.get("HARNESS_STAGING")
+    return private_folder(Path(given) if given else user_temp_folder("harness-staging"), what="checkpoints before upload",
+                          instead="set HARNESS_STAGING to a folder of your own")
+
+
 def checkpoint_dir_for(run_id: str, local_artifacts: Path | None) -> Path:
     """Where a run's trainer writes checkpoints: inside the artifact folder when it is local, else a staging folder."""
     if local_artifacts is not None:
         return local_artifacts / "checkpoints"
-    staging = Path(os.environ.get("HARNESS_STAGING", Path(tempfile.gettempdir()) / "harness-staging"))
-    return staging / run_id / "checkpoints"
+    return staging_root() / run_id / "checkpoints"
 
 
 def write_pending(folder: Path, points: list[tuple[str, float, int, int]]) -> int:
@@ -80,6 +90,26 @@ def _transient(exc: Exception) -> bool:
         status = exc.get_http_status_code()
         return not (400 <= status < 500) or status == 429
     return True
+
+
+def retrying(what: str, call: Callable[[], T], *, retries: int | None = None, backoff_s: float | None = None) -> T:
+    """``call()``, tried again after a transient failure (doubling waits from ``backoff_s``, at most ``retries`` more
+    times; defaults: $HARNESS_TRACKING_RETRIES or 5, $HARNESS_TRACKING_BACKOFF or 0.5 s). A failure that stays, or a
+    request the store refuses, is a TrackingError that says what could not be done and why."""
+    retries = retries if retries is not None else int(os.environ.get("HARNESS_TRACKING_RETRIES", "5"))
+    delay = backoff_s if backoff_s is not None else float(os.environ.get("HARNESS_TRACKING_BACKOFF", "0.5"))
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as exc:  # MLflow raises many types for transport failures
+            reason = redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
+            if not _transient(exc):
+                raise TrackingError(f"could not {what}: the store refused it ({reason})") from None
+            if attempt == retries:
+                raise TrackingError(f"could not {what} after {retries + 1} attempts: {reason}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 class MlflowTracker:
@@ -143,19 +173,7 @@ class MlflowTracker:
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def _retry(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:  # MLflow raises many types for transport failures
-                reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                if not _transient(exc):
-                    raise TrackingError(f"could not {what}: the store refused it ({reason})") from None
-                if attempt == self.retries:
-                    raise TrackingError(f"could not {what} after {self.retries + 1} attempts: {reason}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        return retrying(what, functools.partial(fn, *args, **kwargs), retries=self.retries, backoff_s=self.backoff_s)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

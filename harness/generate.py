@@ -60,6 +60,8 @@ def generate(target: str | Path, prompt: str = "", *, max_tokens: int = 200, tem
     if emb is not None and int(emb.shape[0]) != tok.vocab_size:
         raise HarnessError(f"{src.checkpoint}: the model has a vocabulary of {int(emb.shape[0])} but the saved tokenizer has "
                            f"{tok.vocab_size}; they do not belong together")
+    if spec.model is None:
+        raise HarnessError(f"the spec saved with {src.reference} has no model section")
     model = GPT(spec.model, vocab_size=tok.vocab_size, max_seq_len=spec.data.seq_len)
     model.load_state_dict(state["model"])
     model.eval()
@@ -104,7 +106,8 @@ def _decode(tok: Any, ids: list[int]) -> str:
     bos = tok.bos_id
     if bos is None:
         return tok.decode(ids)
-    parts, cur = [], []
+    parts: list[str] = []
+    cur: list[int] = []
     for i in ids:
         if i == bos:
             parts.append(tok.decode(cur))

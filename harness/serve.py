@@ -169,8 +169,8 @@ def serve(plan: ServerPlan, *, on_ready: Callable[[], None] | None = None, ready
         return 0
     finally:
         stop(proc)
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 @dataclass

@@ -15,7 +15,8 @@ configuration is clearly worse than the best. It is idempotent, so whichever wor
 dead one left half-done.
 
 Which seed run comes next: a grid goes seed by seed across its configurations (every configuration's first seed,
-then every second seed, ...), so the paired rule can compare all of them after two seeds; a sampler finishes one
+then every second seed, ..., the best mean so far first within a round), so the paired rule can compare all of them
+after two seeds and the leader's seeds, which every comparison needs, come first; a sampler finishes one
 configuration before it asks for the next (each of its seeds on whichever worker is free), so it learns from whole
 configurations.
 """
@@ -177,19 +178,20 @@ class Repeats:
         from optuna.trial import TrialState
 
         self.settle()
-        if any(t.state == TrialState.WAITING for t in self.queue.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
-            return _ask(self.queue)
         if deadline is not None and time.time() > deadline:
             return None
+        if self.queue.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return _ask(self.queue)
         taken = set(self.seed_trials())
         configs = self.configs.get_trials(deepcopy=False)
         grid = self.base.sweep.sampler == "grid"  # type: ignore[union-attr]
+        rank = self._rank(configs)
         candidates: list[tuple[tuple[float, float], int | None, int]] = []  # (order, configuration or None: a new one, repeat)
         for ct in configs:
             if ct.state == TrialState.RUNNING:
                 for k in range(len(self.seeds)):
                     if (ct.number, k) not in taken:
-                        candidates.append(((k, ct.number) if grid else (ct.number, k), ct.number, k))
+                        candidates.append(((k, rank[ct.number]) if grid else (ct.number, k), ct.number, k))
         if len(configs) < self.total and (not grid or self._free_point(configs) is not None):
             candidates.append(((0, math.inf) if grid else (math.inf, 0), None, 0))
         if not candidates:
@@ -200,6 +202,20 @@ class Repeats:
         self.queue.enqueue_trial({p: to_optuna(v) for p, v in params.items()}, skip_if_exists=False,
                                  user_attrs={CONFIG: config.number, REPEAT: k, SEED: self.seeds[k]})
         return _ask(self.queue)
+
+    def _rank(self, configs: list[Any]) -> dict[int, float]:
+        """A grid's configurations in the order their next seeds go: the best mean so far first (every other
+        configuration is compared with it, so its seeds settle the most), then those with no result yet, by number."""
+        lower = self.configs.direction.name == "MINIMIZE"
+
+        def key(t: Any) -> tuple[int, float, int]:
+            vals = [v for v in t.intermediate_values.values() if math.isfinite(v)]
+            if not vals:
+                return (1, 0.0, t.number)
+            mean = sum(vals) / len(vals)
+            return (0, mean if lower else -mean, t.number)
+
+        return {t.number: float(i) for i, t in enumerate(sorted(configs, key=key))}
 
     def _free_point(self, configs: list[Any]) -> dict[str, Any] | None:
         held = {t.user_attrs.get(GRID_POINT) for t in configs}

@@ -15,23 +15,45 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from harness.errors import UsageError
 from harness.testing import faults
 from harness.tracking.store import local_lock, parse_store_url, project_root, quiet_mlflow
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "MAX_CRASH_RETRIES", "TrialStore", "close_storage", "lock_file", "make_storage",
-           "retried_numbers", "storage_url", "study_lock"]
+__all__ = ["FENCE_S", "GRACE_S", "HEARTBEAT_S", "MAX_CRASH_RETRIES", "Periods", "TrialStore", "close_storage", "lock_file",
+           "make_storage", "periods", "retried_numbers", "storage_url", "study_lock"]
 
 HEARTBEAT_S = 20  # a running trial records a heartbeat this often
 GRACE_S = 90  # a trial whose heartbeat is older than this is stale: its worker died (on any machine)
+# A worker whose heartbeats have not been recorded for this long stops its trial (a checkpoint, then the trial is
+# queued again): well before GRACE_S, after which another worker may fail the trial and resume its run, so that one
+# run never has two trainers. Half the grace leaves the worker 45 s to finish its step and write the checkpoint.
+FENCE_S = GRACE_S / 2
 MAX_CRASH_RETRIES = 5  # a trial whose worker dies this many times (an out-of-memory kill, say) is not tried again
+# Tests only: HARNESS_HEARTBEAT_S and HARNESS_GRACE_S (seconds) shorten the two periods; the fence stays half the
+# grace. Every process on one study must see the same grace, or one reaps what another still calls alive.
+
+
+class Periods(NamedTuple):
+    heartbeat: float
+    fence: float
+    grace: float
+
+
+def periods() -> Periods:
+    """HEARTBEAT_S, FENCE_S and GRACE_S, or the test knobs above (read when a storage or a trial starts)."""
+    beat = float(os.environ.get("HARNESS_HEARTBEAT_S", HEARTBEAT_S))
+    grace = float(os.environ.get("HARNESS_GRACE_S", GRACE_S))
+    if not 0 < beat < grace / 2:
+        raise UsageError(f"HARNESS_HEARTBEAT_S ({beat:g}) must be positive and below half of HARNESS_GRACE_S ({grace:g})")
+    return Periods(beat, grace / 2, grace)
 
 
 def storage_url(configured: str | None, study_name: str) -> str:
@@ -77,8 +99,10 @@ def make_storage(url: str) -> Any:
         # Heartbeats and the retry callback are marked experimental; they are Optuna's answer to worker failures.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_CRASH_RETRIES)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          heartbeat_stale_trial_callback=retry)
+        # Optuna takes whole seconds; it beats only under Study.optimize, which harness does not use (see worker.py)
+        beat, _, grace = periods()
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=max(1, math.ceil(beat)),
+                                          grace_period=max(1, math.ceil(grace)), heartbeat_stale_trial_callback=retry)
 
 
 def close_storage(storage: Any) -> None:

@@ -12,11 +12,13 @@ from harness.spec import Spec, variant
 from harness.sweep.repeats import CONFIG, REPEAT, SEED, PairedPruner, config_id, config_label
 from harness.sweep.study import suggest
 from harness.testing import faults
-from harness.tracking import client_for
+from harness.tracking import TrackingError, client_for
 from harness.tracking.liveness import run_is_set_up
+from harness.tracking.redact import redact_url
+from harness.tracking.tracker import retrying
 from harness.train.events import EvalEnd, Event, StopReason, StopTraining
 
-__all__ = ["TrialOutcome", "TrialInterrupted", "make_pruner", "make_sampler", "run_trial"]
+__all__ = ["RunLookupFailed", "TrialOutcome", "TrialInterrupted", "make_pruner", "make_sampler", "run_trial"]
 
 
 def make_sampler(spec: Spec) -> Any:
@@ -62,11 +64,18 @@ class TrialOutcome:
 
 
 class TrialInterrupted(Exception):
-    """Ctrl-C or SIGTERM during a trial: the worker stops, and the trial is queued again for the next invocation."""
+    """Ctrl-C or SIGTERM during a trial (``signum``), or a trainer callback that stopped it as interrupted (None: the
+    worker's fence, see worker.py): the run has checkpointed and ended KILLED, and can be resumed."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int | None):
         super().__init__("interrupted")
         self.signum = signum
+
+
+class RunLookupFailed(TrackingError):
+    """A retried trial's MLflow run could not be looked up: the store did not answer, even after the retries. The
+    trial must not start a new run (its own run, with its checkpoints, would be orphaned and it would train again from
+    step 0); the worker queues it again and stops."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,11 @@ class TrialSettings:
     progress: Callable[[str], Any] | None  # label -> a trainer callback that shows progress, or None
 
 
-def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Callable[[int], str | None] | None = None) -> TrialOutcome:
-    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM.
+def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Callable[[int], str | None] | None = None,
+              watch: Callable[[Event], None] | None = None) -> TrialOutcome:
+    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM (or when ``watch``, a
+    trainer callback of the worker's, stops it as interrupted), and RunLookupFailed when a retry cannot find out
+    whether its run exists.
 
     A seed run of a repeated sweep (its trial carries its configuration, repeat and seed) runs under its seed, with
     its configuration in its tags; ``stopped(configuration)`` says why that configuration wants no more seed runs
@@ -102,11 +114,15 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Calla
     callbacks: list[Any] = [_Pruning(trial, sw.objective.metric)]
     if seed_run is not None and stopped is not None:
         callbacks.append(_ConfigWatch(lambda: stopped(seed_run.config)))  # type: ignore[union-attr]
+    if watch is not None:
+        callbacks.append(watch)
     faults.point("trial_start")
     try:
         outcome = _execute(settings, trial, spec, callbacks, progress, seed_run)
     except KeyboardInterrupt:
         raise TrialInterrupted(signal.SIGINT) from None
+    except RunLookupFailed:
+        raise  # not this trial's failure: the worker queues it again
     except HarnessError as exc:
         return TrialOutcome("FAIL", stop_reason=StopReason.FAILED, fail_reason=str(exc)[:2000])
     finally:
@@ -114,7 +130,7 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Calla
             progress.close()
     run_id, stop, status, message, signum = outcome
     if stop is StopReason.INTERRUPTED:
-        raise TrialInterrupted(signum or signal.SIGINT)
+        raise TrialInterrupted(signum)
     if stop is StopReason.PRUNED:
         return TrialOutcome("PRUNED", stop_reason=stop)
     if status != "FINISHED":
@@ -175,10 +191,9 @@ def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[An
     from harness import job
 
     client = client_for(settings.tracking_uri)
-    run = _existing_run(client, trial.user_attrs.get("mlflow_run_id"))
-    ended = run is not None and run.info.status in ("FINISHED", "FAILED", "KILLED")
+    run = _existing_run(client, trial.user_attrs.get("mlflow_run_id"), trial=trial.number, uri=settings.tracking_uri)
     stop = run.data.tags.get("stop_reason") if run is not None else None
-    if ended and stop is not None and not StopReason.is_retry(stop):
+    if run is not None and run.info.status in ("FINISHED", "FAILED", "KILLED") and stop is not None and not StopReason.is_retry(stop):
         # it ended (completed, early-stopped, pruned, diverged, failed) before its worker died: only the study was not told
         return run.info.run_id, StopReason(stop), run.info.status, run.data.tags.get("harness.message", ""), None
     if run is not None and run_is_set_up(client, run.info.run_id):
@@ -192,14 +207,30 @@ def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[An
     return out.run_id, out.stop_reason, out.status, out.message, out.signal
 
 
-def _existing_run(client: Any, run_id: str | None) -> Any | None:
+def _existing_run(client: Any, run_id: str | None, *, trial: int, uri: str) -> Any | None:
+    """The MLflow run of an earlier attempt of this trial; None for a first attempt, or when the store says that run
+    does not exist (or was deleted). Only that answer means "no run": any other error is tried again through the
+    tracking layer's retries, and then raises RunLookupFailed."""
+    from mlflow.exceptions import MlflowException
+
     if not run_id:
         return None
+
+    def lookup() -> Any | None:
+        try:
+            return client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
     try:
-        run = client.get_run(run_id)
-    except Exception:
-        return None
-    return None if run.info.lifecycle_stage == "deleted" else run
+        run = retrying(f"look up run {run_id}", lookup)
+    except TrackingError as exc:
+        raise RunLookupFailed(f"trial {trial} is a retry of MLflow run {run_id}, but the tracking store {redact_url(uri)} did not say "
+                              f"whether that run exists ({exc}). The trial is queued again and continues that run when the "
+                              "sweep runs again (the same command) once the store answers; it does not start a new run.") from None
+    return None if run is None or run.info.lifecycle_stage == "deleted" else run
 
 
 class _Pruning:
@@ -210,14 +241,35 @@ class _Pruning:
         self.metric = metric
 
     def __call__(self, event: Event) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
         if not isinstance(event, EvalEnd) or self.metric not in event.metrics:
             return
         value = event.metrics[self.metric]
         if not math.isfinite(value):
             return
-        self.trial.report(value, step=event.step)
-        if event.step > 0 and self.trial.should_prune():
+        try:
+            self.trial.report(value, step=event.step)
+            prune = event.step > 0 and self.trial.should_prune()
+        except UpdateFinishedTrialError:
+            # Another worker ended it (its heartbeat looked stale) and queued a retry, which continues this run:
+            # stop writing to it, as the worker's fence does (see worker.py).
+            raise StopTraining(StopReason.INTERRUPTED, f"trial {self.trial.number} was ended by another worker; its retry continues "
+                                                       "this run") from None
+        except _study_unreachable():
+            return  # no verdict this time; the worker's fence stops the run if the study database stays away
+        if prune:
             raise StopTraining(StopReason.PRUNED, f"pruned by {type(self.trial.study.pruner).__name__} at step {event.step}")
+
+
+def _study_unreachable() -> tuple[type[BaseException], ...]:
+    """What a study storage raises when its database cannot be reached (Optuna wraps SQLAlchemy's errors; a journal
+    file raises OSError). A trainer callback that meets one goes on: a sweep's outage must not end a run as failed,
+    which no retry would resume; the worker's fence (worker.py) stops the run, resumable, if the outage lasts."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (StorageInternalError, SQLAlchemyError, OSError)
 
 
 class _ConfigWatch:
@@ -228,7 +280,10 @@ class _ConfigWatch:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, EvalEnd) and event.step > 0:
-            reason = self.why()
+            try:
+                reason = self.why()
+            except _study_unreachable():
+                return  # asked again at the next evaluation (see _study_unreachable)
             if reason is not None:
                 raise StopTraining(StopReason.PRUNED, f"its configuration stopped: {reason}")
 

@@ -4,12 +4,20 @@ Several workers (processes on this machine, or invocations on other machines) sh
 happens under the study lock, after reaping the trials whose worker died: a dead pid on this host at once, a stale
 heartbeat from any host after the grace period. A reaped trial is queued again and its retry resumes the same MLflow
 run from its last checkpoint.
+
+A worker that is wrongly judged dead must not keep training beside that retry (one run, one checkpoint folder, two
+trainers). So a worker fences itself (:class:`_Fence`): when its heartbeats have not been recorded for FENCE_S (the
+study database is away), well before GRACE_S, or when a recorded heartbeat finds its trial no longer RUNNING (another
+worker failed it), it stops its trainer at the next step, as an interrupt does: a checkpoint, the run ends
+KILLED/interrupted, and the trial is handed back (or left to its retry). A worker process also stops when its driver
+process is gone (:func:`_die_with_driver`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -23,14 +31,15 @@ from typing import Any, Iterator
 from harness import collector
 from harness.errors import HarnessError
 from harness.spec import Spec, spec_from_dict
-from harness.sweep.storage import GRACE_S, HEARTBEAT_S, MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, retried_numbers, study_lock
+from harness.sweep.storage import MAX_CRASH_RETRIES, TrialStore, close_storage, make_storage, periods, retried_numbers, study_lock
 from harness.sweep.repeats import Repeats, queue_name
 from harness.sweep.study import GRID_POINT, from_optuna, grid_points, point_key, to_optuna
-from harness.sweep.trial import TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
+from harness.sweep.trial import RunLookupFailed, TrialInterrupted, TrialOutcome, TrialSettings, make_pruner, make_sampler, run_trial
 from harness.testing import faults
 from harness.tracking import client_for
 from harness.tracking.liveness import mark_run_crashed, pid_alive
-from harness.train.events import StopReason
+from harness.tracking.redact import redact_text, redact_url
+from harness.train.events import Event, StopReason, StopTraining
 
 __all__ = ["WorkerPlan", "run_workers", "start_workers_early", "work"]
 
@@ -91,12 +100,20 @@ def _take_trials(plan: WorkerPlan, base: Spec, storage: Any) -> int:
                 trials.beat(trial.number)
         if trial is None:
             return 0
+        fence = _Fence(trials, trial.number)
         try:
-            with _heartbeat(trials, trial.number):
-                outcome = run_trial(plan.trials, trial, base, stopped=repeats.stopped if repeats is not None else None)
+            with fence.beating():
+                outcome = run_trial(plan.trials, trial, base, stopped=repeats.stopped if repeats is not None else None, watch=fence)
         except TrialInterrupted as stop:
+            if stop.signum is None:  # not a signal: this worker may no longer own the trial (the fence, or the pruning callback)
+                _hand_back(study, trials, trial.number, fence.why or "the trial was ended by another worker", plan.storage_url)
+                continue  # it is queued again (or another worker's retry has it): on to the next trial
             trials.fail(study, trial.number, stop_reason=StopReason.INTERRUPTED.value, retry=True)
-            return 128 + stop.signum
+            return 128 + (stop.signum or signal.SIGINT)
+        except RunLookupFailed:
+            # Queued again as if its worker had died: the retry keeps the trial's mlflow_run_id and resumes that run.
+            trials.fail(study, trial.number, stop_reason=StopReason.CRASHED.value, retry=True)
+            raise
         except BaseException:
             with contextlib.suppress(Exception):
                 trial.set_user_attr("stop_reason", StopReason.FAILED.value)
@@ -147,38 +164,106 @@ def _free_grid_point(base: Spec, trials: list[Any], total: int) -> dict[str, Any
 
 
 def _tell(study: Any, trial: Any, outcome: TrialOutcome) -> None:
+    """Tell the study how the trial went. Nothing to tell when another worker has ended the trial meanwhile (it
+    judged this worker dead): the retry it queued owns the trial, finds the run ended and reports it."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    if outcome.stop_reason is not None:
-        trial.set_user_attr("stop_reason", outcome.stop_reason.value)
-    if outcome.fail_reason:
-        trial.set_user_attr("fail_reason", outcome.fail_reason)
-    if outcome.state == "COMPLETE":
-        study.tell(trial, outcome.value)
-    else:
-        study.tell(trial, state=TrialState[outcome.state])
-
-
-@contextlib.contextmanager
-def _heartbeat(trials: TrialStore, number: int) -> Iterator[None]:
-    """Record the trial's heartbeat every HEARTBEAT_S seconds while it runs, so other machines can tell it is alive."""
-    if not trials.beats():
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):
-                trials.beat(number)
-
-    thread = threading.Thread(target=beat, daemon=True, name="harness-heartbeat")
-    thread.start()
     try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+        if outcome.stop_reason is not None:
+            trial.set_user_attr("stop_reason", outcome.stop_reason.value)
+        if outcome.fail_reason:
+            trial.set_user_attr("fail_reason", outcome.fail_reason)
+        if outcome.state == "COMPLETE":
+            study.tell(trial, outcome.value, skip_if_finished=True)
+        else:
+            study.tell(trial, state=TrialState[outcome.state], skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        pass
+
+
+class _Fence:
+    """A running trial's heartbeat, and the trainer callback that stops the trial when this worker may no longer own it.
+
+    The heartbeat is recorded every HEARTBEAT_S seconds by a thread. The trainer's callback (main thread, every event)
+    stops the run as interrupted, at its next step, when
+
+    * no heartbeat has been recorded for FENCE_S: the study database is away (or its calls hang). After GRACE_S any
+      worker may fail the trial and resume its run, so this one stops first, with time left for its checkpoint;
+    * a recorded heartbeat finds the trial no longer RUNNING: another worker has failed it already (this one was
+      stopped, or cut off, past the grace) and queued the retry that continues the run. Stop at once.
+
+    Without heartbeats (a journal storage: one machine, dead pids only) it never stops anything."""
+
+    def __init__(self, trials: TrialStore, number: int):
+        self.trials = trials
+        self.number = number
+        self.periods = periods()
+        self.active = trials.beats()
+        self.last_ok = time.monotonic()  # the trial was taken with a heartbeat, under the study lock
+        self.why: str | None = None  # set once: why the trial must stop
+
+    def _stop(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+            faults.point("fence")
+
+    def beat(self) -> None:
+        started = time.monotonic()  # a heartbeat written by this call is no older than this
+        try:
+            self.trials.beat(self.number)
+            state = self.trials.frozen(self.number).state
+        except Exception:
+            return  # the storage did not answer: __call__ sees how long that has lasted
+        self.last_ok = started
+        if state.name != "RUNNING":
+            self._stop(f"trial {self.number} was ended ({state.name}) by another worker, which took this worker for dead; the retry it "
+                       "queued continues this run")
+
+    def __call__(self, event: Event) -> None:
+        if self.active and self.why is None:
+            silent = time.monotonic() - self.last_ok
+            if silent > self.periods.fence:
+                self._stop(f"no heartbeat of trial {self.number} could be recorded in the study storage for {silent:.0f} s (after "
+                           f"{self.periods.grace:.0f} s another worker may take the trial over)")
+        if self.why is not None:
+            raise StopTraining(StopReason.INTERRUPTED, self.why)
+
+    @contextlib.contextmanager
+    def beating(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.periods.heartbeat):
+                self.beat()
+
+        thread = threading.Thread(target=loop, daemon=True, name="harness-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            # not longer: a beat stuck in a storage call that never returns must not hold the worker (it is harmless)
+            thread.join(timeout=min(5.0, self.periods.heartbeat))
+
+
+def _hand_back(study: Any, trials: TrialStore, number: int, why: str, url: str) -> None:
+    """Queue a fenced trial again (FAIL, interrupted, with a retry that resumes its run); nothing to do when another
+    worker has ended it (its retry has the run). When the study database is still away, stop this worker with a clear
+    error: the trial stays RUNNING under this worker's pid, and the next invocation (or, after the grace, any worker)
+    reaps it and resumes the run from the checkpoint just written."""
+    try:
+        trials.fail(study, number, stop_reason=StopReason.INTERRUPTED.value, retry=True)  # False: another worker did
+    except Exception as exc:
+        while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):  # Optuna wraps the driver's error
+            exc = exc.__cause__
+        detail = redact_text(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        raise HarnessError(f"{why}; so trial {number} stopped, with a checkpoint (its run ended KILLED, interrupted). The study "
+                           f"storage {redact_url(url)} still does not answer ({detail}). Once it does, run the same command again: "
+                           "the trial resumes from that checkpoint.") from None
 
 
 def reap_stale(study: Any, trials: TrialStore, tracking_uri: str) -> list[int]:
@@ -219,7 +304,7 @@ def _dead(t: Any, host: str) -> bool:
     pid, thost = t.user_attrs.get("pid"), t.user_attrs.get("host")
     if pid is None:
         started = t.datetime_start.timestamp() if t.datetime_start is not None else time.time()
-        return time.time() - started > GRACE_S
+        return time.time() - started > periods().grace
     return thost == host and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
@@ -228,8 +313,10 @@ def _dead(t: Any, host: str) -> bool:
 
 def _worker_entry(plan: WorkerPlan) -> None:
     """A worker process. It leaves the terminal's process group, so a Ctrl-C reaches it once, forwarded by the parent
-    (a second would mean "stop at once, no checkpoint"). A problem the user can fix is said in one line."""
+    (a second would mean "stop at once, no checkpoint"); so it must watch its driver itself (:func:`_die_with_driver`).
+    A problem the user can fix is said in one line."""
     os.setpgid(0, 0)
+    _die_with_driver()
     collector.pause()  # spawned (no forkserver): its start-up imports, as in the harness command
     if os.environ != plan.env:
         os.environ.clear()
@@ -243,6 +330,28 @@ def _worker_entry(plan: WorkerPlan) -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 2
     raise SystemExit(code)
+
+
+def _die_with_driver() -> None:
+    """Stop this worker, as SIGTERM does, once the driver process that started it is gone: killed (kill -9), or ended
+    by a closed terminal's SIGHUP before it could forward anything. A training trial then checkpoints, its run ends
+    KILLED/interrupted and the trial is queued again, so the next invocation resumes it; a worker between trials ends.
+
+    It waits on multiprocessing's sentinel of the parent (the driver, also under a forkserver): a pipe that only the
+    driver holds open, so its end-of-file says the driver's process is over, however it ended, even if that was before
+    this thread started. Not PR_SET_PDEATHSIG: a forkserver's child has the forkserver as its parent, not the driver,
+    and the signal is Linux only."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        # raise_signal: this thread's C handler has run when it returns, so the main thread takes the signal at once
+        signal.raise_signal(signal.SIGTERM)
+        faults.point("driver_gone")
+
+    threading.Thread(target=watch, daemon=True, name="harness-driver-watch").start()
 
 
 PRELOAD = "harness.sweep.preload"
@@ -269,7 +378,9 @@ def start_workers_early() -> None:
 
 
 def run_workers(plan: WorkerPlan, n: int) -> int | None:
-    """Run ``n`` worker processes to the end; returns the signal that interrupted them, if one did."""
+    """Run ``n`` worker processes to the end; returns the signal that interrupted them, if one did. SIGINT is passed on
+    to them; SIGTERM and SIGHUP (a closed terminal: the workers, in their own process groups, do not get it) reach them
+    as SIGTERM, and this process waits for their checkpoints."""
     ctx = _context()
     procs = [ctx.Process(target=_worker_entry, args=(plan,), name=f"harness-worker-{i}") for i in range(n)]
     for p in procs:
@@ -282,9 +393,10 @@ def run_workers(plan: WorkerPlan, n: int) -> int | None:
         for p in procs:
             if p.is_alive() and p.pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+                    os.kill(p.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    caught = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.signal(s, forward) for s in caught}
     try:
         for p in procs:
             p.join()

@@ -34,12 +34,14 @@ import optuna
 import psutil
 import pytest
 import rel_helpers as H
-from conftest import child_env, write_spec
+from conftest import CHILD_WARNINGS, child_env, write_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from servers import free_port
 
 from harness.cli import main
+from harness.spec import spec_from_dict
+from harness.sweep import run_sweep
 from harness.sweep.storage import TrialStore, make_storage
 from harness.testing import faults
 
@@ -198,6 +200,35 @@ def test_workers_stop_when_their_driver_is_killed_and_the_next_invocation_resume
         assert (r.info.status, r.data.tags["stop_reason"]) == ("FINISHED", "completed")
         assert 2 <= int(r.data.tags["harness.resumed_from_step"]) < STEPS, "resumed from the checkpoint written on the stop"
         assert H.steps(client, r.info.run_id, "train/loss") == list(range(STEPS))
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_workers_through_their_driver(tmp_path, tiny_corpus, monkeypatch):
+    """SIGHUP (the terminal closed) reaches the driver only: its workers left its process group. The driver passes it
+    on as SIGTERM, waits for them, and the sweep ends as interrupted, nothing left running."""
+    H.seed_store(tmp_path)
+    training = tmp_path / "training"
+    monkeypatch.setenv("HARNESS_BARRIER_AT", f"step@2:2:{training}")  # both workers have trained 2 steps
+    monkeypatch.setenv("PYTHONWARNINGS", CHILD_WARNINGS)  # the workers treat warnings as errors too
+    caught: list[int] = []
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: caught.append(signum))  # if harness does not take it
+
+    def hang_up() -> None:
+        _until(lambda: len(faults.arrived(training)) == 2, 120, "both workers should be training")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGHUP)  # the driver waits in its main thread
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        result = run_sweep(spec_from_dict(_grid_spec(tiny_corpus, "hangup", [3e-3, 1e-2])), workers=2)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+        thread.join(10)
+    assert not caught, "SIGHUP reached no handler of harness: the driver would have died and left its workers training"
+    assert result.interrupted and result.signal == signal.SIGHUP
+    trials = _trials(f"sqlite:///{tmp_path}/studies/hangup.db", "hangup")
+    assert not [t for t in trials if t.state == TrialState.RUNNING], "every worker ended its trial"
+    assert {t.user_attrs.get("stop_reason") for t in trials if t.state == TrialState.FAIL} <= {"interrupted"}
 
 
 # ----------------------------------------------------------------------------------------------------------- defect 4

@@ -40,7 +40,8 @@ def _done(fig: Any) -> Any:
 def loss_curve(curves: Mapping[str, Curve], *, title: str = "") -> Any:
     """Train and val loss against step (log y: losses span orders of magnitude early on)."""
     fig, ax = _figure(figsize=(7, 4.2))
-    styles = {"train/loss": dict(alpha=0.45, lw=1), "train/loss_eval": dict(marker=".", lw=1.5), "val/loss": dict(marker=".", lw=1.8)}
+    styles: dict[str, dict[str, Any]] = {"train/loss": dict(alpha=0.45, lw=1), "train/loss_eval": dict(marker=".", lw=1.5),
+                                         "val/loss": dict(marker=".", lw=1.8)}
     for key in ("train/loss", "train/loss_eval", "val/loss"):
         if key in curves and len(curves[key][0]):
             ax.plot(curves[key][0], curves[key][1], label=key, **styles[key])

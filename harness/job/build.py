@@ -54,8 +54,7 @@ def build(spec: Spec, tracker: Tracker | None, callbacks: list[Callable[[Any], N
         dist.per_rank_batch(spec.train.batch_size)  # the global batch must split evenly over the ranks
         device = dist.start(device)
     keep_freed_memory()  # activations are freed and re-allocated every step: keep them in the process
-    if spec.train.threads:
-        torch.set_num_threads(spec.train.threads)  # pinned: exactly this many, whatever else runs
+    # train.threads (exactly this many, whatever else runs) is set by the trainer while it trains, and undone after.
     # Unpinned on the CPU: as many threads as the CPUs other processes leave free, re-checked while the run trains, so
     # two runs (or a sweep and a run) sharing a laptop do not spin against each other. Its first sample is taken
     # now, so the first decision (before the step-0 evaluation) already sees what ran while the data and model were built.

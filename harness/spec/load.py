@@ -34,7 +34,7 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     msg = err["msg"]
     kind = err["type"]
     if kind == "extra_forbidden":

@@ -119,7 +119,8 @@ def parse_overrides(items: list[str] | tuple[str, ...] | None) -> list[tuple[str
 
 
 # Sections a spec may write as one word (``tokenizer: char``, ``task: classify``, ``pruner: median``).
-_SHORTHANDS = {("data", "tokenizer"): TokenizerSpec, ("task",): TaskSpec, ("sweep", "pruner"): PrunerSpec}
+_SHORTHANDS: dict[tuple[str, ...], type[TokenizerSpec] | type[TaskSpec] | type[PrunerSpec]] = {
+    ("data", "tokenizer"): TokenizerSpec, ("task",): TaskSpec, ("sweep", "pruner"): PrunerSpec}
 
 
 def normalise(raw: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ def _type(prop: dict[str, Any]) -> str:
     if kind == "object":
         return f"dict[str, {_type(prop.get('additionalProperties', {}))}]"
     bounds = [f"{sign} {_number(prop[key])}" for key, sign in _BOUNDS if key in prop and prop[key] < 2**62]
-    return _TYPES.get(kind, "any") + (f" ({', '.join(bounds)})" if bounds else "")
+    return _TYPES.get(str(kind), "any") + (f" ({', '.join(bounds)})" if bounds else "")
 
 
 def _number(value: float) -> str:

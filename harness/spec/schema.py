@@ -70,7 +70,12 @@ class TokenizerSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def expand_shorthand(cls, value: Any) -> Any:
+    def _expand(cls, value: Any) -> Any:
+        return cls.expand_shorthand(value)
+
+    @staticmethod
+    def expand_shorthand(value: Any) -> Any:
+        """``char`` -> ``{kind: char}``; ``tiktoken:<encoding>`` -> ``{kind: tiktoken, encoding: ...}``."""
         if isinstance(value, str):
             if value.startswith("tiktoken:"):
                 return {"kind": "tiktoken", "encoding": value.split(":", 1)[1]}
@@ -329,7 +334,12 @@ class PrunerSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def expand_shorthand(cls, value: Any) -> Any:
+    def _expand(cls, value: Any) -> Any:
+        return cls.expand_shorthand(value)
+
+    @staticmethod
+    def expand_shorthand(value: Any) -> Any:
+        """``median`` -> ``{name: median}``."""
         return {"name": value} if isinstance(value, str) else value
 
 
@@ -444,7 +454,12 @@ class TaskSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def expand_shorthand(cls, value: Any) -> Any:
+    def _expand(cls, value: Any) -> Any:
+        return cls.expand_shorthand(value)
+
+    @staticmethod
+    def expand_shorthand(value: Any) -> Any:
+        """``classify`` -> ``{kind: classify}``."""
         return {"kind": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")

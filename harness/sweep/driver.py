@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness import collector
 from harness.errors import UsageError
 from harness.spec import Spec, spec_to_dict
 from harness.sweep.report import SweepResult, fail_parent, finalize
@@ -127,6 +128,8 @@ def auto_workers(spec: Spec, total: int, *, cpus: int | None = None) -> int:
     cpus = cpus or _cpus()
     if total < 2 or cpus < 2 or spec.train.threads or spec.train.device not in ("auto", "cpu") or _has_accelerator(spec):
         return 1
+    if spec.model is None:  # a finetuned spec takes its shape from its source: no estimate here
+        return 1
     try:
         from harness.data.prepare import prepare
         from harness.spec import estimate_parameters
@@ -192,6 +195,7 @@ def _threads_per_worker(n_workers: int) -> int | None:
 def _run(plan: WorkerPlan, n_workers: int) -> int | None:
     """Run the workers (in this process when there is one); returns the signal that interrupted them, if any."""
     if n_workers > 1:
+        collector.resume()  # this process's set-up is over: it only waits for its workers now (see harness.collector)
         return run_workers(plan, n_workers)
     try:
         code = work(plan)

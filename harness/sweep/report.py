@@ -250,7 +250,7 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
     tracker.log_text(table.to_csv(index=False), "trials.csv")
     tracker.log_dict(best or {}, "best_params.json")
     artifacts = ["trials.csv", "best_params.json"]
-    metrics = {"n_complete": counts["complete"], "n_pruned": counts["pruned"], "n_failed": counts["failed"]}
+    metrics: dict[str, float] = {"n_complete": counts["complete"], "n_pruned": counts["pruned"], "n_failed": counts["failed"]}
     tags = {"harness.best_trial": best["trial"] if best else "-", "harness.best_run_id": (best or {}).get("run_id") or "",
             "stop_reason": "interrupted" if interrupted else "completed"}
     if configs is not None:

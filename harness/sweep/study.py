@@ -88,11 +88,13 @@ def suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
     if choices is not None:
         stored = [to_optuna(c) for c in choices]
         return choices[stored.index(trial.suggest_categorical(path, stored))]
+    assert isinstance(space, ParamRange)  # a list always has choices
     if space.int is not None:
         lo, hi = space.int
         return trial.suggest_int(path, lo, hi, step=int(space.step or 1), log=space.log)
-    lo, hi = space.float  # type: ignore[misc]
-    return trial.suggest_float(path, lo, hi, step=space.step, log=space.log)
+    assert space.float is not None  # a range is exactly one of choices, int or float (ParamRange checks it)
+    flo, fhi = space.float
+    return trial.suggest_float(path, flo, fhi, step=space.step, log=space.log)
 
 
 def point_key(params: dict[str, Any]) -> str:

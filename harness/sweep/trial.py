@@ -48,8 +48,8 @@ def make_pruner(spec: Spec) -> Any:
         return optuna.pruners.PercentilePruner(percentile=p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     if p.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":  # Optuna's own type hint says int, but it takes "auto" as SuccessiveHalvingPruner does
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)  # type: ignore[arg-type]
     if p.name == "paired":
         return PairedPruner(p_threshold=p.p_threshold)
     return optuna.pruners.NopPruner()

@@ -4,8 +4,10 @@
 ``point``. Points: ``step`` (after an optimizer step), ``eval`` (inside an evaluation), ``checkpoint_write`` (after the
 temp file is written, before the rename), ``flush`` (after a metric batch is written), ``run_setup`` (the MLflow run
 exists but is not set up yet), ``finish`` (training is over; the run's summary, plots, sample and uploads begin), and
-in sweeps ``trial_start`` (a trial is claimed in the study, before its MLflow run exists) and ``trial_end`` (the
-trial's run has ended, before the study is told).
+in sweeps ``trial_start`` (a trial is claimed in the study, before its MLflow run exists), ``trial_end`` (the
+trial's run has ended, before the study is told), ``fence`` (a worker decided to stop its trial: no heartbeat
+recorded for the fence period, or its trial was ended by another worker), ``driver_gone`` (a worker process noticed
+its driver is gone, after sending itself SIGTERM) and ``study_lock`` (a process is about to take the study lock).
 
 ``HARNESS_FAIL_AT="checkpoint_write:<n>"`` makes the n-th checkpoint write run out of disk space part-way through:
 the stream that ``torch.save`` writes to raises ``OSError(ENOSPC)`` after a few bytes, as a full disk would.

@@ -175,6 +175,7 @@ class _Project:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 60 commands, each a process of its own: minutes on 2 cores, more when they are busy
 def test_every_readme_command_runs_as_written(tmp_path):
     project = _Project(tmp_path)
     ran = 0

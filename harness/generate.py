@@ -1,8 +1,12 @@
 """Text from a trained run: its best (or last) checkpoint, the spec and the tokenizer saved with it.
 
 A target is a run id or a unique prefix (a sweep's parent run id means its best trial), an experiment name (its best
-finished run), a checkpoint file, or a run's artifact or checkpoints folder (see :mod:`harness.job.source`). An
-instruction-tuned run wraps the prompt in its template and stops at the end of the response.
+finished run), an MLflow model URI (``models:/<model id>``), a checkpoint file, or a run's artifact or checkpoints
+folder (see :mod:`harness.job.source`). An instruction-tuned run wraps the prompt in its template and stops at the end
+of the response.
+
+This module is also the python_function loader of the logged models harness writes: ``mlflow.pyfunc.load_model(
+"models:/<id>")`` calls :func:`_load_pyfunc`, whose ``predict`` takes prompts and returns completions.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from harness.errors import HarnessError, UsageError
 
-__all__ = ["Generation", "generate"]
+__all__ = ["Generation", "TextModel", "generate"]
 
 
 @dataclass
@@ -116,3 +120,34 @@ def _decode(tok: Any, ids: list[int]) -> str:
             cur.append(i)
     parts.append(tok.decode(cur))
     return "\n".join(parts)
+
+
+class TextModel:
+    """A logged model as MLflow's python_function flavor serves it: ``predict(prompts)`` -> one completion each.
+
+    ``prompts``: a string, a list of strings, or a pandas DataFrame of prompts (its ``prompt`` column, else its first;
+    for an instruction-tuned model an optional ``input`` column). ``params``: max_tokens (default 200), temperature (0.8),
+    top_k (40) and seed (0), as ``harness generate`` takes them."""
+
+    def __init__(self, weights: str):
+        self.weights = weights
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+        opts = dict(params or {})
+        if isinstance(model_input, str):
+            rows = [(model_input, "")]
+        elif hasattr(model_input, "columns"):  # a DataFrame: MLflow hands a list of prompts over as one column
+            prompts = model_input["prompt"] if "prompt" in model_input.columns else model_input.iloc[:, 0]
+            inputs = list(model_input["input"]) if "input" in model_input.columns else [""] * len(model_input)
+            rows = list(zip(map(str, prompts), map(str, inputs)))
+        else:
+            rows = [(str(p), "") for p in model_input]
+        return [generate(self.weights, prompt, input_text=extra, max_tokens=int(opts.get("max_tokens", 200)),
+                         temperature=float(opts.get("temperature", 0.8)), top_k=int(opts.get("top_k", 40)),
+                         seed=int(opts.get("seed", 0))).completion for prompt, extra in rows]
+
+
+def _load_pyfunc(path: str) -> TextModel:
+    """MLflow's python_function loader contract: ``path`` is the model's weights file (its MLmodel's ``data``), with the
+    spec and tokenizer beside it."""
+    return TextModel(path)

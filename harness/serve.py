@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError
+from harness.tracking.records import EXPERIMENT_KIND, TRAINING_KIND
 
-__all__ = ["DashboardPlan", "ServerPlan", "dashboard_plan", "is_loopback", "port_free", "serve", "serve_dashboard", "start", "stop", "ui_plan", "wait_ready"]
+__all__ = ["DashboardPlan", "ServerPlan", "dashboard_plan", "is_loopback", "newest_experiments", "port_free", "serve", "serve_dashboard",
+           "start", "stop", "training_view", "ui_plan", "wait_ready"]
 
 
 @dataclass
@@ -73,6 +75,13 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--default-artifact-root", str(artifacts),
             "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
             "--workers", str(workers)]
+    if host not in _MLFLOW_DEFAULT_HOSTS:
+        # MLflow answers only requests whose Host header is localhost or a private address, and takes POSTs only from
+        # a localhost page (its defences against DNS rebinding and cross-site requests): on any other address it
+        # listens on, 127.0.0.2 included, the UI would get "Invalid Host header", then 403 for every search.
+        bound = f"[{host}]" if ":" in host else host
+        argv += ["--allowed-hosts", ",".join([*_LOCAL_HOSTS, bound, f"{bound}:{port}"]),
+                 "--cors-allowed-origins", f"http://{bound}:{port}"]
     # MLflow 3 starts a job runner with a pool of Huey consumers next to the server (for GenAI jobs we never use):
     # a dozen processes on a 2-core laptop. Turn it off.
     # Each uvicorn worker imports starlette.middleware.wsgi, which warns that it is deprecated (MLflow's business, not
@@ -84,6 +93,49 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
     return ServerPlan(argv=argv, url=url, env=env, warnings=warnings, store=backend, artifacts=str(artifacts))
+
+
+_LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[::1]:*")
+_MLFLOW_DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "")  # served under MLflow's default allowed hosts
+BEST_FIRST = "summary/best_val_loss"  # the metric the printed addresses sort an experiment's runs by
+TRAINING_VIEW = "workflowType=machine_learning"  # the MLflow UI's "Model training" view (its default is the GenAI one)
+
+
+def training_view(url: str, experiment_id: str | None = None, *, sort_by: str | None = None) -> str:
+    """The address of the MLflow UI's training view: an experiment's runs (``sort_by``: a metric, lowest first, which
+    also lists a sweep's trials one per row instead of folded under their sweep), or the list of experiments.
+
+    MLflow 3.17's UI opens every experiment on its GenAI overview unless the address asks for the training view (or
+    the browser remembers a click on "Model training"); the experiment's kind tag alone does not change that."""
+    from urllib.parse import quote
+
+    base = url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?{TRAINING_VIEW}"
+    query = TRAINING_VIEW
+    if sort_by:
+        query += f"&orderByKey={quote(f'metrics.`{sort_by}`', safe='')}&orderByAsc=true"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def newest_experiments(url: str, *, limit: int = 3, timeout: float = 10.0) -> list[tuple[str, str]]:
+    """(id, name) of the experiments harness made on the running server at ``url``, most recently changed first:
+    asked over its REST API, so the command that serves the UI never imports MLflow. [] when it cannot say."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"max_results": 50, "order_by": ["last_update_time DESC"]}).encode()
+    req = urllib.request.Request(url.rstrip("/") + "/api/2.0/mlflow/experiments/search", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            found = json.loads(resp.read()).get("experiments", [])
+    except (urllib.error.URLError, OSError, ValueError):
+        return []
+    made = [(e["experiment_id"], e["name"]) for e in found
+            if {"key": EXPERIMENT_KIND, "value": TRAINING_KIND} in e.get("tags", [])]
+    return made[:limit]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[Any] | None = None, *, timeout: float = 120.0, path: str = "/health") -> bool:

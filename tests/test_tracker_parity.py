@@ -63,7 +63,8 @@ def _record(client: MlflowClient, run_id: str, folder: Path) -> Record:
     def plain(value: str) -> str:  # what names this store: the test's folder, run ids
         return re.sub(r"\b[0-9a-f]{32}\b", "<run id>", value.replace(str(folder), "<folder>"))
 
-    metrics = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in r.data.metrics}
+    # system/*: samples of the machine's load while the run trained, as many as its wall time holds (none on a short run)
+    metrics = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in r.data.metrics if not k.startswith("system/")}
     return Record(r.info.status, {k: plain(v) for k, v in r.data.params.items()}, set(r.data.tags), metrics, _artifacts(client, run_id))
 
 

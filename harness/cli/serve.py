@@ -44,7 +44,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"  starting at {plan.url}  (one worker; takes a few seconds; Ctrl-C to stop)", flush=True)
 
     def ready() -> None:
-        print(f"  ready: open {plan.url}", flush=True)
+        # The training view's address: MLflow's UI opens on its GenAI pages otherwise (see serve.training_view).
+        print(f"  ready: open {serve.training_view(plan.url)}", flush=True)
+        newest = serve.newest_experiments(plan.url)
+        if newest:
+            print(f"  runs, best {serve.BEST_FIRST} first (a sweep's trials one per row):")
+            width = max(len(name) for _, name in newest)
+            for experiment_id, name in newest:
+                print(f"    {name:<{width}}  {serve.training_view(plan.url, experiment_id, sort_by=serve.BEST_FIRST)}")
+        print("  in the UI, \"Model training\" (top left) keeps the training view for every experiment", flush=True)
 
     return serve.serve(plan, on_ready=ready)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +16,10 @@ from harness.data.tasks import TaskData
 from harness.data.tokenizers import Tokenizer
 from harness.errors import UsageError
 from harness.job.logger import MetricLogger
+from harness.job.records import datasets
 from harness.spec import Spec
 from harness.tracking.protocol import Tracker
+from harness.tracking.records import DatasetRecord
 
 __all__ = ["Built", "build", "load_source", "sample_text", "step_cap"]
 
@@ -31,6 +33,7 @@ class Built:
     device: Any  # torch.device
     tokenizer: Tokenizer
     task: TaskData | None = None  # classify / instruct: the encoded examples (and a classifier's labels)
+    datasets: list[DatasetRecord] = field(default_factory=list)  # the train and validation data, as the run records them
 
 
 def build(spec: Spec, tracker: Tracker | None, callbacks: list[Callable[[Any], None]], *, progress: Any = None,
@@ -89,7 +92,8 @@ def build(spec: Spec, tracker: Tracker | None, callbacks: list[Callable[[Any], N
         facts.update(world_size=dist.world_size, batch_size_per_rank=dist.per_rank_batch(spec.train.batch_size))
     if progress is not None and hasattr(progress, "set_total"):
         progress.set_total(trainer.total_steps)
-    return Built(data.prep, trainer, logger, facts, device, data.tokenizer, data.task)
+    records = datasets(spec, data.tokenizer, data.prep, data.task) if tracker is not None else []
+    return Built(data.prep, trainer, logger, facts, device, data.tokenizer, data.task, records)
 
 
 def step_cap() -> int | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError, Issue, SpecError
-from harness.job.source import TrainedModel, find_model
+from harness.job.source import MODELS, TrainedModel, find_model
 from harness.spec import Spec, TokenizerSpec, spec_from_dict, spec_to_dict
 
 __all__ = ["Lineage", "resolve_init", "source_state"]
@@ -31,11 +31,17 @@ class Lineage:
         tags = {"harness.init_checkpoint": str(self.source.checkpoint)}
         if self.source.run_id:
             tags["harness.init_from"] = self.source.run_id
+        if self.source.model_id:
+            tags["harness.init_model"] = self.source.model_id  # models:/<id>; also the run's input model
         return tags
 
     def params(self) -> dict[str, str]:
-        link = f"runs:/{self.source.run_id}/checkpoints/{self.source.checkpoint.name}" if self.source.run_id else str(self.source.checkpoint)
-        return {"init.source_run": self.source.run_id or "-", "init.source_uri": link}
+        src = self.source
+        if src.from_model:
+            link = f"{MODELS}{src.model_id}"
+        else:
+            link = f"runs:/{src.run_id}/checkpoints/{src.checkpoint.name}" if src.run_id else str(src.checkpoint)
+        return {"init.source_run": src.run_id or "-", "init.source_uri": link, **({"init.source_model": src.model_id} if src.model_id else {})}
 
 
 def resolve_init(spec: Spec, *, uri: str | None, file: str | None = None) -> tuple[Spec, Lineage | None]:
@@ -85,7 +91,9 @@ def _adopt_source(spec: Spec, source: TrainedModel, file: str | None) -> Spec:
     """The spec as the run will record it: the source's model shape (with this spec's dropout, if it gives one) and its
     tokenizer spec, so the run's spec.yaml alone rebuilds the model."""
     raw = spec_to_dict(spec)
-    if source.run_id:  # pinned: an experiment name or a prefix could name another run later (a resume, a rebuild)
+    if spec.init is not None and spec.init.source.startswith(MODELS) and source.model_id:
+        raw["init"]["from"] = f"{MODELS}{source.model_id}"  # pinned: a registered model's alias may move later
+    elif source.run_id:  # pinned: an experiment name or a prefix could name another run later (a resume, a rebuild)
         raw["init"]["from"] = source.run_id
     model = spec_to_dict(source.spec)["model"]
     if spec.model is not None and "dropout" in spec.model.model_fields_set:

@@ -14,6 +14,7 @@ from harness.spec import Spec
 from harness.testing import faults
 from harness.tracking import TrackingError
 from harness.tracking.protocol import Tracker
+from harness.tracking.records import DatasetRecord
 from harness.train.events import StopReason, TrainResult
 
 __all__ = ["FinishSignals", "Interrupted", "finish"]
@@ -86,7 +87,14 @@ def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, r
             if signals is not None:
                 signals.arm()
             faults.point("finish")
-            _log_summary(tracker, result, built.trainer.watch)
+            try:
+                model = _log_model(spec, tracker, built, result)
+            except TrackingError:
+                raise
+            except Exception as exc:  # a convenience, like the plots: the run still ends with its status
+                model = None
+                tracker.set_tags({"harness.model_error": f"{type(exc).__name__}: {exc}"[:2000]})
+            _log_summary(tracker, result, built.trainer.watch, model=model)
             _tag_outcome(tracker, result, facts)
             _extras(spec, tracker, built, result)
             _upload_checkpoints(spec, tracker, built)
@@ -151,8 +159,18 @@ def _log_sample(spec: Spec, tracker: Tracker, built: Built) -> None:
         tracker.log_text(sample, "sample.txt")
 
 
-def _log_summary(tracker: Tracker, result: TrainResult, watch: str) -> None:
-    """``summary/*`` metrics: steps, wall time, best and final values, logged at the last step."""
+@dataclasses.dataclass(frozen=True)
+class _Logged:
+    """The logged model a run made: its id, the summary metrics that measure its weights, the data they measure."""
+
+    model_id: str
+    keys: frozenset[str]
+    dataset: DatasetRecord | None
+
+
+def _log_summary(tracker: Tracker, result: TrainResult, watch: str, *, model: _Logged | None = None) -> None:
+    """``summary/*`` metrics: steps, wall time, best and final values, logged at the last step. Those that measure the
+    logged model's weights (``model``: its id and those keys) are linked to it, and to the validation data."""
     summary: dict[str, float] = {"summary/steps": float(result.steps), "summary/wall_time_s": result.wall_time_s}
     if result.best_metric is not None:
         summary[f"summary/best_{watch.replace('/', '_')}"] = result.best_metric
@@ -160,8 +178,40 @@ def _log_summary(tracker: Tracker, result: TrainResult, watch: str) -> None:
         summary[f"summary/final_{k.replace('/', '_')}"] = v
     if result.last_train_loss is not None:
         summary["summary/final_train_loss"] = result.last_train_loss
-    tracker.log_metrics(summary, result.steps)
+    linked = {k: v for k, v in summary.items() if model is not None and k in model.keys}
+    tracker.log_metrics({k: v for k, v in summary.items() if k not in linked}, result.steps)
     tracker.flush()
+    if model is not None and linked:
+        tracker.log_model_metrics(linked, result.steps, model_id=model.model_id, dataset=model.dataset)
+
+
+def _log_model(spec: Spec, tracker: Tracker, built: Built, result: TrainResult) -> _Logged | None:
+    """A run that finished (completed or stopped early) records its best checkpoint as an MLflow logged model: the
+    weights, spec and tokenizer, loadable by ``models:/<id>`` (``harness generate``, ``init.from``,
+    ``mlflow.pyfunc.load_model``); None for any other run. Every trial of a sweep logs its own (a small copy of the weights; see
+    bench/bench_ui_records.py for what it costs)."""
+    import tempfile
+    from pathlib import Path
+
+    from harness.job.records import model_folder
+
+    if result.stop_reason not in (StopReason.COMPLETED, StopReason.EARLY_STOPPED):
+        return None
+    folder = built.trainer.checkpoint_dir
+    checkpoint = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+    if checkpoint is None:
+        return None
+    watch = built.trainer.watch
+    keys = {f"summary/best_{watch.replace('/', '_')}"}
+    es = spec.train.early_stopping
+    if checkpoint.name == "last.pt" or (es is not None and es.restore_best):  # the final evaluation is of these weights
+        keys |= {f"summary/final_{k.replace('/', '_')}" for k in result.last_eval}
+    val = next((d for d in built.datasets if d.context == "validation"), None)
+    labels = built.task.labels if built.task is not None else []
+    with tempfile.TemporaryDirectory(prefix="harness-model-") as tmp:
+        record = model_folder(Path(tmp), spec, checkpoint, built.tokenizer, labels, run_id=tracker.run_id, metrics={}, dataset=val)
+        model_id = tracker.log_model(record)
+    return _Logged(model_id, frozenset(keys), val)
 
 
 def _tag_outcome(tracker: Tracker, result: TrainResult, facts: dict[str, Any]) -> None:

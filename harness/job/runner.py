@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,11 +20,13 @@ from harness.job.ddp import Announcer, follow
 from harness.job.finetune import Lineage, resolve_init
 from harness.job.finish import FinishSignals, finish
 from harness.job.outcome import RunOutcome
+from harness.job.records import describe
 from harness.spec import Spec, flatten, read_yaml, spec_from_dict, spec_to_dict, spec_to_yaml
 from harness.testing import faults
 from harness.tracking import MlflowTracker, check_store, client_for, tracking_uri
 from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live
 from harness.tracking.protocol import Tracker
+from harness.tracking.records import DESCRIPTION, git_state
 from harness.tracking.store import parse_store_url
 from harness.tracking.tracker import staging_root
 from harness.tracking.lookup import resolve_run_id
@@ -113,7 +114,7 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
             on_start(tracker.run_id)
         if announce.dist is not None:
             announce.send(spec, run_id=tracker.run_id, tokenizer=lineage.source.tokenizer if lineage else None)
-        built = _set_up(spec, tracker, list(callbacks or []), progress, lineage, dist=announce.dist)
+        built = _set_up(spec, tracker, list(callbacks or []), progress, lineage, dist=announce.dist, tracker_tags=run_tags)
     except KeyboardInterrupt:
         _abandon_setup(tracker, created=run_id is None)
         raise
@@ -124,17 +125,23 @@ def _run(spec: Spec, announce: Announcer, *, uri: str | None, parent_run_id: str
 
 
 def _set_up(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]], progress: Any,
-            lineage: Lineage | None = None, *, dist: Distributed | None = None) -> Built:
-    """Build the trainer and record what the run is: runtime tags, params, the resolved spec, the tokenizer (and a
-    classifier's labels).
+            lineage: Lineage | None = None, *, dist: Distributed | None = None, tracker_tags: dict[str, str] | None = None) -> Built:
+    """Build the trainer and record what the run is: runtime tags, a one-line description, the datasets (and the
+    logged model it starts from), params, the resolved spec, the tokenizer (and a classifier's labels).
 
     spec.yaml goes last: a run that has it is set up and can be resumed."""
+    tracker_tags = tracker_tags or {}
     built = build(spec, tracker, callbacks, progress=progress, init_state=lineage.state if lineage else None,
                   tokenizer=lineage.source.tokenizer if lineage else None, dist=dist)
     if progress is not None and hasattr(progress, "bind"):
         progress.bind(tracker.run_id)
     faults.point("run_setup")
-    tracker.set_tags(_runtime_tags(built.device))
+    source = lineage.source if lineage else None
+    shown_source = (f"model `{source.model_id}`" if source and source.from_model else f"run `{source.run_id[:8]}`" if source and source.run_id
+                    else f"`{source.checkpoint.name}`" if source else None)
+    description = describe(spec, built.facts, tracker_tags, shown_source)
+    tracker.set_tags({**_runtime_tags(built.device), DESCRIPTION: description})
+    tracker.log_inputs(built.datasets, models=[source.model_id] if source and source.model_id else [])
     params = {k: v for k, v in flatten(spec_to_dict(spec)).items() if not k.startswith("sweep")}
     tracker.log_params({**params, **{f"derived.{k}": v for k, v in built.facts.items()}, **(lineage.params() if lineage else {})})
     tracker.log_text(json.dumps(built.tokenizer.to_dict(), ensure_ascii=False), "tokenizer.json")
@@ -158,14 +165,18 @@ def _end_failed(tracker: Tracker, message: str) -> None:
     tracker.end("FAILED")
 
 
-def _train(spec: Spec, tracker: Tracker, built: Built, *, resumed_from: str | None, notes: list[str] | None = None) -> RunOutcome:
-    """Train, and whatever happens, end the MLflow run with a status and a stop_reason."""
+def _train(spec: Spec, tracker: Tracker, built: Built, *, resumed_from: str | None, notes: list[str] | None = None,
+           resuming: bool = False) -> RunOutcome:
+    """Train, and whatever happens, end the MLflow run with a status and a stop_reason. The machine's load (system
+    metrics) is sampled while it trains."""
     from harness.train.checkpoint import CheckpointError
 
     collector.resume()  # start-up is over: see harness.collector
     with FinishSignals() as signals:  # a signal after training stops the finishing work: see FinishSignals
         try:
+            tracker.start_system_metrics(resume=resuming)
             result = built.trainer.fit()
+            tracker.stop_system_metrics()
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             tracker.set_tags({"stop_reason": StopReason.INTERRUPTED.value})
             tracker.end("KILLED")
@@ -186,26 +197,16 @@ def _train(spec: Spec, tracker: Tracker, built: Built, *, resumed_from: str | No
     return outcome
 
 
-def _runtime_tags(device: Any) -> dict[str, str]:
+def _runtime_tags(device: Any, *, git: bool = False) -> dict[str, str]:
     import torch
 
     from harness import __version__
 
     tags = {**owner_tags(), "harness.version": __version__, "device": str(device), "torch_version": torch.__version__,
             "python_version": platform.python_version()}
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-        tags["git_commit"] = commit
+    if git:  # a resumed run may continue on another commit; a new run's git state was recorded when it was made
+        tags.update(git_state())
     return tags
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ----------------------------------------------------------------------------------------------------------- resume
@@ -263,11 +264,11 @@ def _resume(run_id: str, announce: Announcer, *, uri: str | None, callbacks: lis
     try:
         announce.send(spec, run_id=run_id, tokenizer=saved.get("tokenizer"), labels=saved.get("labels"), resuming=True)
         built, loaded = _restore(spec, tracker, list(callbacks or []), progress, say, saved, dist=announce.dist)
-        tracker.set_tags({**_runtime_tags(built.device), "harness.resumes": str(int(stored.data.tags.get("harness.resumes", "0")) + 1)})
+        tracker.set_tags({**_runtime_tags(built.device, git=True), "harness.resumes": str(int(stored.data.tags.get("harness.resumes", "0")) + 1)})
     except BaseException as exc:
         _end_failed(tracker, f"resume failed: {type(exc).__name__}: {exc}")
         raise
-    return _train(spec, tracker, built, resumed_from=str(loaded) if loaded else None, notes=notes)
+    return _train(spec, tracker, built, resumed_from=str(loaded) if loaded else None, notes=notes, resuming=True)
 
 
 def _resumable_run(client: Any, run_id: str, uri: str, *, allow_finished: bool, assume_dead: bool) -> Any:

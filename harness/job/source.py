@@ -2,13 +2,15 @@
 and tokenizer saved with it, and which run it belongs to.
 
 A target is a checkpoint file or a run's artifact/checkpoints folder (the spec and tokenizer are looked up beside
-it), a run id or a unique prefix of one (a sweep's parent run means its best trial), or an experiment name (its best
-finished run). A remote artifact store's files are downloaded once into a cache folder and read from there, so every
+it), a run id or a unique prefix of one (a sweep's parent run means its best trial), an experiment name (its best
+finished run), or an MLflow model URI: ``models:/<model id>`` (the logged model a finished run made), or a registered
+model's ``models:/<name>/<version>`` or ``models:/<name>@<alias>``. A remote artifact store's files are downloaded once into a cache folder and read from there, so every
 trial of a finetuning sweep shares the one copy; nothing is written to the source run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +23,10 @@ from harness.data.tokenizers import Tokenizer, tokenizer_from_dict
 from harness.errors import HarnessError, SpecError, UsageError
 from harness.spec import Spec, read_yaml, spec_from_dict
 
-__all__ = ["TrainedModel", "find_model"]
+__all__ = ["MODELS", "TrainedModel", "find_model"]
+
+MODELS = "models:/"  # MLflow's model URI scheme
+MODEL_FILE = "model.pt"  # a logged model's weights (harness.job.records.model_folder writes it)
 
 
 @dataclass(frozen=True)
@@ -31,15 +36,25 @@ class TrainedModel:
     tokenizer: Tokenizer
     run_id: str | None  # None for a checkpoint file given by path
     notes: list[str] = field(default_factory=list)  # how the target was resolved, fallbacks taken
+    model_id: str | None = None  # the MLflow logged model these weights are (models:/<id>), when known
+
+    @property
+    def from_model(self) -> bool:
+        """Named as a logged model (models:/...), not as a run or a file: its weights are the model's model.pt."""
+        return self.model_id is not None and self.checkpoint.name == MODEL_FILE
 
     @property
     def reference(self) -> str:
+        if self.from_model:
+            return f"model {self.model_id}" + (f" (run {self.run_id})" if self.run_id else "")
         return f"run {self.run_id}" if self.run_id else str(self.checkpoint)
 
 
 def find_model(target: str, *, checkpoint: str = "best", uri: str | None = None) -> TrainedModel:
     """The trained model ``target`` names (see the module doc); ``checkpoint`` is best or last (the other one is used,
     with a note, when the asked-for one is missing)."""
+    if target.startswith(MODELS):
+        return _from_logged_model(target, checkpoint, uri)
     path = Path(target).expanduser()
     if path.exists():
         return _from_path(path, checkpoint, [])
@@ -105,8 +120,88 @@ def _from_store(target: str, checkpoint: str, uri: str | None) -> TrainedModel:
     if local is not None:
         if not (local / "spec.yaml").is_file():
             raise UsageError(f"run {rid} has no spec.yaml artifact; it was not made by harness (or never got as far as training)")
-        return _from_path(local, checkpoint, notes, rid)
-    return _download(client, rid, checkpoint, notes, finished=run.info.status == "FINISHED")
+        found = _from_path(local, checkpoint, notes, rid)
+    else:
+        found = _download(client, rid, checkpoint, notes, finished=run.info.status == "FINISHED")
+    # The run's logged model holds its best weights: named as the source when those are the weights taken.
+    outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
+    if outputs and found.checkpoint.name == "best.pt":
+        found = dataclasses.replace(found, model_id=outputs[-1].model_id)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+
+
+def _from_logged_model(target: str, checkpoint: str, uri: str | None) -> TrainedModel:
+    """An MLflow logged model made by harness: its files (a folder beside the store, or downloaded once from a server
+    into this user's cache, as a run's are). A logged model holds one set of weights: ``checkpoint`` does not apply."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking import check_store, client_for, tracking_uri
+    from harness.tracking.redact import redact_url
+    from harness.tracking.store import require_store
+    from harness.tracking.tracker import local_artifact_dir
+
+    uri = tracking_uri(uri)
+    require_store(uri)
+    check_store(uri)
+    client = client_for(uri)
+    ref = target[len(MODELS):].strip("/")
+    notes: list[str] = []
+    try:
+        if "@" in ref:  # a registered model's alias
+            name, alias = ref.split("@", 1)
+            model_id = client.get_model_version_by_alias(name, alias).model_id
+        elif "/" in ref:  # a registered model's version
+            name, version = ref.rsplit("/", 1)
+            model_id = client.get_model_version(name, version).model_id
+        else:
+            model_id = ref
+        if not model_id:
+            raise UsageError(f"{target} is a registered model version with no logged model behind it; harness reads logged models")
+        model = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise UsageError(f"no model {target} in the tracking store {redact_url(uri)}") from None
+        raise HarnessError(f"cannot look up {target} in {redact_url(uri)}: {_first_line(exc)}") from None
+    status = str(getattr(model.status, "name", model.status))
+    if not status.endswith("READY"):
+        raise UsageError(f"{target} is not ready (status {status}): its run did not finish writing it")
+    if checkpoint != "best":
+        notes.append(f"{target} holds one set of weights (its run's {model.params.get('checkpoint', 'best.pt')}); "
+                     f"the '{checkpoint}' checkpoint does not apply")
+    local = local_artifact_dir(model.artifact_location)
+    folder = local if local is not None else _download_model(model.artifact_location, model.model_id, uri)
+    if not (folder / MODEL_FILE).is_file():
+        raise UsageError(f"{target} has no {MODEL_FILE}: it was not made by harness")
+    found = _from_path(folder / MODEL_FILE, checkpoint, notes, model.source_run_id or None)
+    return dataclasses.replace(found, model_id=model.model_id)
+
+
+def _download_model(location: str, model_id: str, uri: str) -> Path:
+    """A ready logged model's files never change: downloaded once into this user's cache (see :func:`_download`)."""
+    import mlflow.artifacts
+
+    from harness.tracking.folders import private_folder, user_temp_folder
+    from harness.tracking.store import local_lock
+
+    root = private_folder(user_temp_folder("harness-models"), what="downloaded models",
+                          instead="remove it, or set TMPDIR to a folder of your own")
+    folder = root / model_id
+    with local_lock(root / f".{model_id}.lock"):
+        if not (folder / MODEL_FILE).is_file():
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                try:
+                    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=uri))
+                except Exception as exc:
+                    raise HarnessError(f"cannot fetch model {model_id} from the tracking server: {_first_line(exc)}") from None
+                if folder.exists():
+                    import shutil
+
+                    shutil.rmtree(folder)
+                os.replace(got, folder)
+    return folder
 
 
 def _run_for(client: Any, target: str, uri: str, notes: list[str]) -> Any:

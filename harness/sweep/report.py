@@ -15,6 +15,7 @@ from harness.sweep.storage import retried_numbers, study_lock
 from harness.sweep.study import OpenStudy, from_optuna
 from harness.tracking import MlflowTracker, client_for
 from harness.tracking.liveness import pid_alive
+from harness.tracking.records import DESCRIPTION, markdown_table
 from harness.tracking.redact import redact_text
 
 __all__ = ["SweepResult", "configs_table", "fail_parent", "finalize", "trials_table", "verdict"]
@@ -260,6 +261,7 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
         metrics["n_seed_runs"] = counts.get("seed_runs", 0)
         tags["harness.best_config"] = (best or {}).get("config_id") or "-"
     artifacts += _log_parent_plots(spec, tracker, table, opened.name)
+    tags[DESCRIPTION] = _description(spec, opened.name, table, configs, counts)
     if best is not None:
         metrics["best_value"] = best["value"]
     for k, v in metrics.items():
@@ -267,6 +269,27 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
     tracker.set_tags(tags)
     tracker.end("KILLED" if interrupted else "FINISHED")
     return artifacts
+
+
+def _description(spec: Spec, study_name: str, table: Any, configs: Any, counts: dict[str, int]) -> str:
+    """The parent run's description in the MLflow UI (Markdown): what was swept, and the trial (or configuration)
+    table, best first."""
+    sw = spec.sweep
+    assert sw is not None
+    lower = sw.objective.direction == "minimize"
+    head = (f"Sweep `{study_name}` of `{spec.name}` over {', '.join(f'`{p}`' for p in sw.params)}: {counts['complete']} complete, "
+            f"{counts['pruned']} pruned, {counts['failed']} failed; objective {sw.objective.metric} ({sw.objective.direction}).")
+    if configs is not None and "objective_mean" in configs:
+        frame, key = configs, "objective_mean"
+        columns = ["config_id", "config", "n", "objective_mean", "objective_ci_low", "objective_ci_high", "verdict"]
+    else:
+        frame, key = table, "objective"
+        columns = ["trial", *[p for p in sw.params if p in table], "objective", "stop_reason", "verdict", "run_id"]
+    if key in frame:
+        frame = frame.sort_values(key, ascending=lower, na_position="last")
+    rows = [{c: (row.get(c)[:8] if c == "run_id" and isinstance(row.get(c), str) else row.get(c)) for c in columns}
+            for row in frame.to_dict("records")]
+    return head + "\n\n" + markdown_table(rows, [c for c in columns if c in frame], rest="configs.csv" if configs is not None else "trials.csv")
 
 
 def _config_metrics(configs: Any) -> dict[str, float]:

@@ -9,10 +9,11 @@ tests/test_tracker_parity.py runs every task kind through and compares). A DDP f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.tracking.records import DatasetRecord, ModelRecord
 from harness.tracking.tracker import MlflowTracker
 
 __all__ = ["IMPLEMENTATIONS", "Tracker"]
@@ -51,6 +52,10 @@ class Tracker(Protocol):
 
     def flush(self) -> None: ...
 
+    def log_model_metrics(self, metrics: Mapping[str, float], step: int, *, model_id: str, dataset: DatasetRecord | None = None) -> None:
+        """Metrics that belong to a logged model (measured on ``dataset``), written at once."""
+        ...
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         """(step, value) of every stored point of ``key``, earlier sessions of a resumed run included."""
         ...
@@ -79,6 +84,21 @@ class Tracker(Protocol):
     def checkpoint_dir(self) -> Path:
         """Where the run's trainer writes checkpoints."""
         ...
+
+    # -- what the run used and made ------------------------------------------------------------------------------------
+    def log_inputs(self, datasets: Sequence[DatasetRecord] = (), models: Sequence[str] = ()) -> None:
+        """The datasets the run trained and was validated on, and the logged models (ids) it started from."""
+        ...
+
+    def log_model(self, model: ModelRecord) -> str:
+        """A trained model as a logged model of this run, loadable by ``models:/<id>``; returns the id."""
+        ...
+
+    def start_system_metrics(self, *, resume: bool = False) -> bool:
+        """Sample the machine (CPU, memory, GPUs) into ``system/*`` metrics while the run trains; True when on."""
+        ...
+
+    def stop_system_metrics(self) -> None: ...
 
     # -- the end -------------------------------------------------------------------------------------------------------
     def end(self, status: str) -> None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 from harness.testing import faults
 from harness.tracking.folders import private_folder, user_temp_folder
+from harness.tracking.records import (DESCRIPTION, EXPERIMENT_KIND, TRAINING_KIND, DatasetRecord, ModelRecord, dataset_json, source_tags,
+                                      system_metrics_enabled)
 from harness.tracking.redact import redact_text
 from harness.tracking.store import TrackingError
 
@@ -28,6 +31,11 @@ __all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir
 T = TypeVar("T")
 _PARAM_LIMIT = 6000
 PENDING = "pending_metrics.jsonl"
+_TAG_LIMIT = 8000  # MLflow's longest tag value (a description longer than this is cut)
+# System metrics: one sample (CPU, memory, disk, network, GPU with nvidia-ml-py) every this many seconds, unless
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise. MLflow's default, 10 s, leaves a run of the quick start
+# (about 20 s a trial) with one point or none; each sample is one read and one small write to the store.
+SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
 def local_artifact_dir(artifact_uri: str) -> Path | None:
@@ -112,6 +120,17 @@ def retrying(what: str, call: Callable[[], T], *, retries: int | None = None, ba
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _text_signature() -> Any:
+    """A logged model's signature: prompts in, completions out, and harness generate's options as params (MLflow passes
+    no params to predict unless the signature names them)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = ParamSchema([ParamSpec("max_tokens", "long", 200), ParamSpec("temperature", "double", 0.8), ParamSpec("top_k", "long", 40),
+                          ParamSpec("seed", "long", 0)])
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
+
+
 class MlflowTracker:
     """One MLflow run, written through MlflowClient with buffered metrics."""
 
@@ -129,17 +148,21 @@ class MlflowTracker:
         self.artifact_uri: str = run.info.artifact_uri
         self.local_artifacts = local_artifact_dir(self.artifact_uri)
         self.tracking_uri = str(client.tracking_uri)
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor while the run trains
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
     def ensure_experiment(cls, client: Any, name: str) -> str:
+        """The experiment's id; created when it does not exist, marked as a model-training experiment (the MLflow UI's
+        kind) with a one-line description. An existing experiment, a user's own included, is left as it is."""
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
+        tags = {EXPERIMENT_KIND: TRAINING_KIND, DESCRIPTION: f"Training runs made by harness (experiment `{name}`)."}
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(str(client.tracking_uri), name))
+            return client.create_experiment(name, artifact_location=_artifact_location(str(client.tracking_uri), name), tags=tags)
         except Exception:  # another process created it between our two calls
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -149,9 +172,14 @@ class MlflowTracker:
     @classmethod
     def start(cls, client: Any, *, experiment: str, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> MlflowTracker:
         exp_id = cls.ensure_experiment(client, experiment)
-        all_tags = dict(tags or {})
+        # MLflow's source tags (the UI's Source column): this process's command and git state; a sweep's trial names
+        # the command that started the sweep (its worker process has no command of its own).
+        all_tags = source_tags()
         if parent_run_id:
+            parent = client.get_run(parent_run_id).data.tags
+            all_tags.update({k: parent[k] for k in ("mlflow.source.name", "mlflow.source.type") if k in parent})
             all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags.update(tags or {})
         run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
         return cls(client, run.info.run_id)
 
@@ -190,6 +218,17 @@ class MlflowTracker:
             return
         self._buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
 
+    def log_model_metrics(self, metrics: Mapping[str, float], step: int, *, model_id: str, dataset: DatasetRecord | None = None) -> None:
+        """Metrics of the run that belong to a logged model (its page lists them), measured on ``dataset``; written now."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        linked = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
+        items = [Metric(k, float(v), now, int(step), model_id=model_id, **linked) for k, v in metrics.items() if step > self._skip.get(k, -1)]
+        self.flush()
+        if items and not self.offline:
+            self._retry("write model metrics", self.client.log_batch, self.run_id, metrics=items)
+
     def maybe_flush(self) -> None:
         """Flush once enough points are buffered (call between events, so an event's points go together)."""
         if len(self._buffer) >= self.flush_every:
@@ -197,6 +236,7 @@ class MlflowTracker:
 
     def spill(self, folder: Path) -> int:
         """Write the unflushed metrics to ``folder/pending_metrics.jsonl`` (appending); returns how many."""
+        self.stop_system_metrics()  # the store is away: the monitor's writes would fail too
         n = write_pending(folder, [(m.key, m.value, m.timestamp, m.step) for m in self._buffer])
         self._buffer.clear()
         return n
@@ -252,7 +292,7 @@ class MlflowTracker:
 
         if self.offline:
             return
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, str(v)[:_TAG_LIMIT]) for k, v in tags.items()]
         if items:
             self._retry("set tags", self.client.log_batch, self.run_id, tags=items)
 
@@ -277,6 +317,78 @@ class MlflowTracker:
         """A matplotlib figure saved as an artifact straight from memory."""
         self._retry("upload an artifact", self.client.log_figure, self.run_id, figure, artifact_file)
 
+    def log_inputs(self, datasets: Sequence[DatasetRecord] = (), models: Sequence[str] = ()) -> None:
+        """The datasets the run used (each with its context: train or validation) and the logged models it started
+        from: the runs table's Dataset column and the run page's inputs. Logging one again changes nothing."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
+
+        if self.offline or not (datasets or models):
+            return
+        inputs = [DatasetInput(Dataset(d.name, d.digest, d.source_type, dataset_json(d.source), dataset_json(d.schema), dataset_json(d.profile)),
+                               tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
+        self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=inputs or None,
+                    models=[LoggedModelInput(m) for m in models] or None)
+
+    def log_model(self, model: ModelRecord) -> str:
+        """``model.folder`` as an MLflow logged model of this run (MLflow 3): its files, an MLmodel file whose
+        python_function flavor loads it (``mlflow.pyfunc.load_model("models:/<id>")``), its params and tags, its
+        metrics (linked to the model and its dataset), and the run's output. Returns the model id.
+
+        No requirements are inferred (MLflow's inference imports the model's code and resolves every package: seconds
+        per run); the model names harness as its loader instead."""
+        import platform
+
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        created = self._retry("create the logged model", self.client.create_logged_model, self.experiment_id, name=model.name,
+                              source_run_id=self.run_id, tags=dict(model.tags), params=dict(model.params), model_type=model.model_type)
+        model_id = created.model_id
+        try:
+            mlmodel = Model(artifact_path=model.name, run_id=self.run_id, model_id=model_id, signature=_text_signature())
+            # The python_function flavor as mlflow.pyfunc.add_to_model writes it; importing mlflow.pyfunc for that would
+            # cost a second and raise a warning of MLflow's own at import.
+            mlmodel.add_flavor("python_function", loader_module=model.loader_module, python_version=platform.python_version(),
+                               data=model.weights)
+            mlmodel.save(str(model.folder / "MLmodel"))
+            self._retry("upload the model's files", self.client.log_model_artifacts, model_id, str(model.folder))
+            if model.metrics:
+                self.log_model_metrics(model.metrics, model.step, model_id=model_id, dataset=model.dataset)
+            self._retry("link the model to its run", self.client.log_outputs, self.run_id, [LoggedModelOutput(model_id, model.step)])
+            self._retry("finalize the logged model", self.client.finalize_logged_model, model_id, "READY")
+        except BaseException:
+            try:
+                self.client.finalize_logged_model(model_id, "FAILED")
+            except Exception:
+                pass  # the store is gone: the model stays PENDING, which the UI shows as not ready
+            raise
+        return model_id
+
+    # -- system metrics --------------------------------------------------------------------------------------------
+    def start_system_metrics(self, *, resume: bool = False) -> bool:
+        """Sample CPU, memory, disk, network (and GPUs, with nvidia-ml-py) into ``system/*`` metrics while the run
+        trains, with MLflow's own SystemMetricsMonitor on a thread of this process. Off when
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is false, or without psutil (which MLflow needs for it). True when on."""
+        if self._monitor is not None or self.offline or not system_metrics_enabled():
+            return self._monitor is not None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil is missing
+            return False
+        # Its INFO lines (started, stopped) and warnings (the store went away: the run's own writes say so) are noise
+        # on the run's terminal.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+        interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or SYSTEM_METRICS_INTERVAL_S)
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=self.tracking_uri)
+        self._monitor.start()
+        return True
+
+    def stop_system_metrics(self) -> None:
+        """Stop sampling (waits for the monitor's thread; its samples are written). Safe to call when not started."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.finish()
+
     def download(self, artifact_path: str, dst: Path) -> Path:
         if self.local_artifacts is not None:
             return self.local_artifacts / artifact_path
@@ -284,6 +396,7 @@ class MlflowTracker:
         return Path(self._retry("download an artifact", self.client.download_artifacts, self.run_id, artifact_path, str(dst)))
 
     def end(self, status: str) -> None:
+        self.stop_system_metrics()
         self.flush()
         self._retry("end the run", self.client.set_terminated, self.run_id, status=status)
 

@@ -92,13 +92,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if order is not None:
         key, ascending, _ = order
         df = df.sort_values(key, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
-    if args.top is not None:
-        if args.top < 1:
-            raise UsageError("--top must be at least 1")
-        df = df.head(args.top)
-    for path in (args.csv, args.parquet):
-        if path:
-            results.export(df, path)
+    df = _top_and_export(df, args)
     if args.all_columns:
         cols = list(df.columns)
     else:
@@ -122,6 +116,20 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top_and_export(df: Any, args: argparse.Namespace) -> Any:
+    """--top, then --csv/--parquet of what is left (a sorted table of runs or of configurations)."""
+    from harness import results
+
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError("--top must be at least 1")
+        df = df.head(args.top)
+    for path in (args.csv, args.parquet):
+        if path:
+            results.export(df, path)
+    return df
+
+
 def _print_configs(args: argparse.Namespace, df: Any, uri: str) -> int:
     """Repeated seeds: one row per configuration, best first, with its mean ± 95 % half-width and its verdict."""
     from harness import results
@@ -132,13 +140,7 @@ def _print_configs(args: argparse.Namespace, df: Any, uri: str) -> int:
     cfg = results.configs(selector, uri=uri)
     metric, direction, summary = cfg.attrs["objective"]
     cfg = cfg.sort_values("objective_mean", ascending=direction == "minimize", na_position="last", kind="stable").reset_index(drop=True)
-    if args.top is not None:
-        if args.top < 1:
-            raise UsageError("--top must be at least 1")
-        cfg = cfg.head(args.top)
-    for path in (args.csv, args.parquet):
-        if path:
-            results.export(cfg, path)
+    cfg = _top_and_export(cfg, args)
     view = configs_view(cfg, f"{summary} {metric}")
     if cfg["study"].nunique() > 1:
         view.insert(0, "study", list(cfg["study"]))

@@ -33,7 +33,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for w in plan.warnings:
         print_err("\n" + "!" * 100 + f"\n{w}\n" + "!" * 100 + "\n")
     if plan.argv is None:
-        print(f"the tracking store is a server already: open {shown_url(plan.url)}")
+        print(f"the tracking store is a server already: open {shown_url(serve.training_view(plan.url))}")
         return 0
     if args.dry_run:
         import shlex

@@ -55,6 +55,7 @@ def _scenario(folder: Path, uri: str, tag: str) -> SimpleNamespace:
     (folder / "b.yaml").write_text((folder / "b.yaml").read_text() + "# changed\n", encoding="utf-8")  # a tracked file changes
     second = run(load_spec(folder / "b.yaml"))
     model_id = client.get_run(first.run_id).outputs.model_outputs[0].model_id
+    assert first.model_id == model_id  # the outcome names the model the run made
     mine = client.create_experiment(f"mine_{tag}")  # the user's own experiment: no kind
     ft = make_spec("a.txt", name="conv_ft", steps=6, eval_every=3, experiment=f"mine_{tag}")
     del ft["model"]

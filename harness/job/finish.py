@@ -106,7 +106,9 @@ def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, r
         return _end_interrupted(spec, tracker, built, result, facts, stop.signum, resumed_from=resumed_from)
     except TrackingError as exc:  # the store went away just now: the same way out as during training
         return _go_offline(spec, tracker, built, result, str(exc), resumed_from=resumed_from)
-    return _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)
+    outcome = _outcome(spec, tracker, built, result, facts, resumed_from=resumed_from)
+    outcome.model_id = model.model_id if model is not None else None
+    return outcome
 
 
 def _end_interrupted(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, facts: dict[str, Any], signum: int, *,

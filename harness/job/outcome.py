@@ -34,6 +34,7 @@ class RunOutcome:
     grad: dict[str, float] = field(default_factory=dict)  # max, mean, final, clipped, steps
     epoch_losses: list[float] = field(default_factory=list)  # mean train loss of each epoch of this session
     notes: list[str] = field(default_factory=list)  # things the user should know (fallbacks, replayed metrics)
+    model_id: str | None = None  # the MLflow logged model the run made (models:/<id>), when it finished
 
     @property
     def ok(self) -> bool:

@@ -202,3 +202,13 @@ def test_sweep_trials_and_parent_describe_themselves(in_sweep):
     assert rows[0].split("|")[2].strip() == "0.01"  # best first: the largest lr learns most in 20 steps
     for number, run_id in in_sweep.trials.items():
         assert f"Trial {number} of sweep `{in_sweep.study}`" in client.get_run(run_id).data.tags["mlflow.note.content"]
+
+
+def test_a_sweeps_run_shows_its_best_trials_data_and_model(in_sweep):
+    client = MlflowClient(tracking_uri=in_sweep.uri)
+    parent = client.get_run(in_sweep.parent)
+    best = client.get_run(parent.data.tags["harness.best_run_id"])
+    assert [o.model_id for o in parent.outputs.model_outputs] == [o.model_id for o in best.outputs.model_outputs] != []
+    assert client.get_logged_model(parent.outputs.model_outputs[0].model_id).source_run_id == best.info.run_id  # still the trial's
+    digests = sorted((d.dataset.name, d.dataset.digest) for d in parent.inputs.dataset_inputs)
+    assert digests == sorted((d.dataset.name, d.dataset.digest) for d in best.inputs.dataset_inputs) and len(digests) == 2

@@ -262,6 +262,8 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
         tags["harness.best_config"] = (best or {}).get("config_id") or "-"
     artifacts += _log_parent_plots(spec, tracker, table, opened.name)
     tags[DESCRIPTION] = _description(spec, opened.name, table, configs, counts)
+    if best is not None and best.get("run_id"):
+        tracker.adopt_records(best["run_id"])  # the sweep's run lists its best trial's data (the Dataset column) and model
     if best is not None:
         metrics["best_value"] = best["value"]
     for k, v in metrics.items():

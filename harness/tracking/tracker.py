@@ -329,6 +329,22 @@ class MlflowTracker:
         self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=inputs or None,
                     models=[LoggedModelInput(m) for m in models] or None)
 
+    def adopt_records(self, run_id: str) -> None:
+        """Another run's datasets and logged models, recorded on this one too: a sweep's run lists its best trial's
+        data (the runs table's Dataset column) and model (its outputs; the model stays its trial's, and the Models
+        column, which lists the models a run made, stays empty)."""
+        from mlflow.entities import DatasetInput, LoggedModelOutput
+
+        if self.offline:
+            return
+        other = self._retry("read a run's inputs", self.client.get_run, run_id)
+        datasets = [DatasetInput(d.dataset, tags=list(d.tags)) for d in other.inputs.dataset_inputs] if other.inputs else []
+        models = [LoggedModelOutput(o.model_id, o.step) for o in other.outputs.model_outputs] if other.outputs else []
+        if datasets:
+            self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=datasets)
+        if models:
+            self._retry("link a model to the run", self.client.log_outputs, self.run_id, models)
+
     def log_model(self, model: ModelRecord) -> str:
         """``model.folder`` as an MLflow logged model of this run (MLflow 3): its files, an MLmodel file whose
         python_function flavor loads it (``mlflow.pyfunc.load_model("models:/<id>")``), its params and tags, its

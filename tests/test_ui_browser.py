@@ -177,6 +177,28 @@ def test_harness_ui_prints_the_training_view_of_each_experiment(ui):
     assert ui.client.get_experiment(ui.sweep.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_the_server_answers_the_ui_on_its_address(ui):
+    """On 127.0.0.2 MLflow refused the page (Invalid Host header, 400) and the UI's searches (cross-origin, 403) until
+    harness ui named the address (--allowed-hosts, --cors-allowed-origins)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = _address(ui, "lr_sweep").split("/#/")[0]
+
+    def status(req: urllib.request.Request) -> int:
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    assert status(urllib.request.Request(base + "/")) == 200
+    search = urllib.request.Request(base + "/ajax-api/2.0/mlflow/experiments/search", method="POST", data=json.dumps({"max_results": 5}).encode(),
+                                    headers={"Content-Type": "application/json", "Origin": base})
+    assert status(search) == 200
+
+
 def test_the_runs_page_shows_trials_datasets_sources_and_models(ui, tmp_path):
     shot = tmp_path / "mlflow-runs.png"
     dom, text = _browse(ui, _address(ui, "lr_sweep"), ready="lr_sweep-t002", screenshot=shot)

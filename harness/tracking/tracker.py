@@ -338,8 +338,10 @@ class MlflowTracker:
         if self.offline:
             return
         other = self._retry("read a run's inputs", self.client.get_run, run_id)
+        mine = self._retry("read a run's outputs", self.client.get_run, self.run_id)
+        have = {o.model_id for o in mine.outputs.model_outputs} if mine.outputs else set()  # a model links to a run once
         datasets = [DatasetInput(d.dataset, tags=list(d.tags)) for d in other.inputs.dataset_inputs] if other.inputs else []
-        models = [LoggedModelOutput(o.model_id, o.step) for o in other.outputs.model_outputs] if other.outputs else []
+        models = [LoggedModelOutput(o.model_id, o.step) for o in other.outputs.model_outputs if o.model_id not in have] if other.outputs else []
         if datasets:
             self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=datasets)
         if models:

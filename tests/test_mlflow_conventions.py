@@ -212,3 +212,43 @@ def test_a_sweeps_run_shows_its_best_trials_data_and_model(in_sweep):
     assert client.get_logged_model(parent.outputs.model_outputs[0].model_id).source_run_id == best.info.run_id  # still the trial's
     digests = sorted((d.dataset.name, d.dataset.digest) for d in parent.inputs.dataset_inputs)
     assert digests == sorted((d.dataset.name, d.dataset.digest) for d in best.inputs.dataset_inputs) and len(digests) == 2
+
+
+def _log_dataset_at_once(barrier: Any, uri: str, run_id: str, queue: Any) -> None:
+    from harness.tracking import client_for
+    from harness.tracking.records import DatasetRecord
+    from harness.tracking.tracker import MlflowTracker
+
+    tracker = MlflowTracker(client_for(uri), run_id)
+    record = DatasetRecord("same.txt", "0123abcd", "local", {"uri": "/data/same.txt"}, {}, {"tokens": 1}, "train")
+    barrier.wait()  # every process asks the store at the same moment
+    try:
+        tracker.log_inputs([record])
+        queue.put("ok")
+    except Exception as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.filterwarnings("ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning")
+def test_runs_that_start_together_on_the_same_data_all_record_it(tmp_path):
+    """A sweep's trials start together on the same data: MLflow looks the dataset up, then inserts it, so all but one
+    collided on the store's unique key and their runs failed in set-up (seen under load in the browser test)."""
+    import multiprocessing
+
+    from harness.tracking import client_for
+    from harness.tracking.tracker import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = client_for(uri)
+    runs = [MlflowTracker.start(client, experiment="together", run_name=f"r{i}").run_id for i in range(4)]
+    ctx = multiprocessing.get_context("fork")  # the store's client and harness are loaded already
+    barrier, queue = ctx.Barrier(len(runs)), ctx.Queue()
+    procs = [ctx.Process(target=_log_dataset_at_once, args=(barrier, uri, run_id, queue)) for run_id in runs]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * len(runs)
+    for run_id in runs:
+        assert [(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs] == [("same.txt", "0123abcd")]

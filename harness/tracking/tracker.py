@@ -31,6 +31,8 @@ __all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir
 T = TypeVar("T")
 _PARAM_LIMIT = 6000
 PENDING = "pending_metrics.jsonl"
+# How the stores word a unique key that another writer took first (SQLite, PostgreSQL, MySQL; through a server too).
+_DUPLICATE = ("UNIQUE constraint failed", "duplicate key value", "UniqueViolation", "Duplicate entry", "IntegrityError")
 _TAG_LIMIT = 8000  # MLflow's longest tag value (a description longer than this is cut)
 # System metrics: one sample (CPU, memory, disk, network, GPU with nvidia-ml-py) every this many seconds, unless
 # MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says otherwise. MLflow's default, 10 s, leaves a run of the quick start
@@ -326,8 +328,19 @@ class MlflowTracker:
             return
         inputs = [DatasetInput(Dataset(d.name, d.digest, d.source_type, dataset_json(d.source), dataset_json(d.schema), dataset_json(d.profile)),
                                tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
-        self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=inputs or None,
-                    models=[LoggedModelInput(m) for m in models] or None)
+        self._log_inputs(inputs, [LoggedModelInput(m) for m in models])
+
+    def _log_inputs(self, datasets: list[Any], models: list[Any]) -> None:
+        """``log_inputs``, again when another run stored the same dataset first: MLflow looks a dataset up, then
+        inserts it, so runs that start together on the same data (a sweep's trials) collide on the store's unique key.
+        The next attempt finds the dataset the other run stored, and links it."""
+        for attempt in range(5):
+            try:
+                self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=datasets or None, models=models or None)
+                return
+            except TrackingError as exc:
+                if attempt == 4 or not any(m in str(exc) for m in _DUPLICATE):
+                    raise
 
     def adopt_records(self, run_id: str) -> None:
         """Another run's datasets and logged models, recorded on this one too: a sweep's run lists its best trial's
@@ -343,7 +356,7 @@ class MlflowTracker:
         datasets = [DatasetInput(d.dataset, tags=list(d.tags)) for d in other.inputs.dataset_inputs] if other.inputs else []
         models = [LoggedModelOutput(o.model_id, o.step) for o in other.outputs.model_outputs if o.model_id not in have] if other.outputs else []
         if datasets:
-            self._retry("log the run's inputs", self.client.log_inputs, self.run_id, datasets=datasets)
+            self._log_inputs(datasets, [])
         if models:
             self._retry("link a model to the run", self.client.log_outputs, self.run_id, models)
 

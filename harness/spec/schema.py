@@ -421,7 +421,7 @@ class InitSpec(_Model):
     model_config = ConfigDict(serialize_by_alias=True)
 
     source: str = Field(alias="from", min_length=1, description="a run id (or a unique prefix), a sweep's parent run id (its best "
-                        "trial), an experiment name (its best finished run), or a path to a .pt checkpoint")
+                        "trial), an experiment name (its best finished run), an MLflow model URI (models:/<id>), or a path to a .pt checkpoint")
     checkpoint: Literal["best", "last"] = Field("best", description="which of the source run's checkpoints")
 
 

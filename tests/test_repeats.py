@@ -178,6 +178,24 @@ def test_a_repeated_run_is_a_group_and_two_groups_compare_paired(tmp_path, tiny_
     assert "± " in capsys.readouterr().out
 
 
+def test_a_seed_list_runs_on_forked_workers_and_its_resolved_spec_loads_again(tmp_path, tiny_corpus):
+    """sweep.seeds reaches each worker and each seed run's spec.yaml as the resolved spec; both load it again (the
+    resolved spec once carried repeats: 1 beside the seeds, and every worker refused it: give repeats or seeds)."""
+    from harness.spec import read_yaml
+
+    raw = make_spec(tiny_corpus, name="sl", seed=0, steps=4, eval_every=2,
+                    sweep={"params": {"train.optimizer.lr": [1e-3, 2e-3]}, "seeds": [11, 4]})
+    assert main(["run", str(write_spec(tmp_path, raw, name="sl.yaml")), "--workers", "2", "-q"]) == 0
+    client = _client(tmp_path)
+    runs = _seed_runs(client, "sl")
+    assert _by_config(runs) == {"c000": [11, 4], "c001": [11, 4]}
+    for r in runs:
+        spec_yaml = client.download_artifacts(r.info.run_id, "spec.yaml", str(tmp_path))
+        again = spec_from_dict(read_yaml(Path(spec_yaml)))
+        assert again.seed == int(r.data.tags["harness.seed"])
+        assert again.sweep is None or again.sweep.seeds == [11, 4]
+
+
 def test_a_repeated_grid_on_three_machines_runs_every_seed_run_once(pg_server, mlflow_server, tmp_path):
     from mlflow import MlflowClient
 

@@ -350,7 +350,7 @@ class SweepSpec(_Model):
     seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec seed)")
     params: dict[str, Union[list[Any], ParamRange]] = Field(
         {}, description="dotted run-spec path -> a list (grid values) or a range; empty with repeats: one configuration, repeated")
-    repeats: int = Field(1, ge=1, le=1000, description="seed runs per configuration, under the seeds seed, seed+1, ... (the same for every configuration)")
+    repeats: int | None = Field(None, ge=1, le=1000, description="seed runs per configuration, under the seeds seed, seed+1, ... (the same for every configuration; unset: 1)")
     seeds: list[int] | None = Field(None, min_length=1, max_length=1000, description="the seeds each configuration runs under, instead of repeats")
     objective: ObjectiveSpec = Field(ObjectiveSpec(), description="the metric a trial is scored by")
     pruner: PrunerSpec = Field(PrunerSpec(), description="stop unpromising trials early")
@@ -361,7 +361,7 @@ class SweepSpec(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
-        if "repeats" in self.model_fields_set and self.seeds is not None:
+        if self.repeats is not None and self.seeds is not None:
             raise _at("seeds", "give repeats or seeds, not both (seeds fixes the list; repeats counts up from the spec's seed)")
         if self.seeds is not None:
             if any(s < 0 for s in self.seeds):
@@ -394,16 +394,16 @@ class SweepSpec(_Model):
     @property
     def n_seeds(self) -> int:
         """Seed runs per configuration."""
-        return len(self.seeds) if self.seeds is not None else self.repeats
+        return len(self.seeds) if self.seeds is not None else (self.repeats or 1)
 
     def seed_list(self, seed: int) -> list[int]:
         """The seeds every configuration runs under: ``seeds``, else ``seed, seed+1, ...`` (``repeats`` of them)."""
-        return list(self.seeds) if self.seeds is not None else [seed + i for i in range(self.repeats)]
+        return list(self.seeds) if self.seeds is not None else [seed + i for i in range(self.n_seeds)]
 
     @property
     def repeated(self) -> bool:
         """Each configuration runs under several seeds (or an explicit seed list)."""
-        return self.seeds is not None or self.repeats > 1
+        return self.n_seeds > 1 or self.seeds is not None
 
     def grid_size(self) -> int:
         size = 1

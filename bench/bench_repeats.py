@@ -140,10 +140,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-repeats-") as tmp:
         for f in figures:
             lines += {"verdict": verdict, "overhead": overhead}[f](Path(tmp), args.rounds, args.quick)
-    text = "\n".join(lines) + "\n"
+            text = "\n".join(lines) + "\n"
+            if not args.quick:  # after each figure: a later one that fails does not lose the earlier one
+                (ROOT / "bench" / "RESULTS-repeats.md").write_text(text, encoding="utf-8")
     print(text)
-    if not args.quick:
-        (ROOT / "bench" / "RESULTS-repeats.md").write_text(text, encoding="utf-8")
     return 0
 
 

@@ -158,11 +158,37 @@ def wait_ready(url: str, proc: subprocess.Popen[Any] | None = None, *, timeout: 
 
 
 def start(plan: ServerPlan, **popen: Any) -> subprocess.Popen[Any]:
-    """Start the planned server in its own process group (so :func:`stop` ends its workers too)."""
+    """Start the planned server in its own process group (so :func:`stop` ends its workers too), told to end when
+    the process that started it ends, however that ends (see :func:`_ends_with_parent`)."""
     if not plan.argv:
         raise UsageError("nothing to start")
     env = {**os.environ, **plan.env}
-    return subprocess.Popen(plan.argv, env=env, start_new_session=True, **popen)
+    return subprocess.Popen(plan.argv, env=env, start_new_session=True, preexec_fn=_ends_with_parent(), **popen)
+
+
+def _ends_with_parent() -> Callable[[], None] | None:
+    """For the child, between fork and exec: SIGTERM it when its parent dies. A server in its own session hears no
+    Ctrl-C, and :func:`stop` runs only if its parent lives to run it: a ``harness ui`` killed with SIGKILL (or by a
+    test's timeout) left ``mlflow server`` holding its port. mlflow server passes SIGTERM on to its uvicorn workers.
+
+    Linux's ``PR_SET_PDEATHSIG`` through ctypes: ``os`` has no ``prctl`` and no maintained library wraps it. Elsewhere,
+    None (only :func:`stop`)."""
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def child() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call above: nobody would send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return child
 
 
 def stop(proc: subprocess.Popen[Any], *, timeout: float = 15.0) -> None:
@@ -276,10 +302,13 @@ def serve_dashboard(plan: DashboardPlan) -> int:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now: no socket listens there. Connections a stopped server
+    left in TIME_WAIT (a minute on Linux) do not count, as they do not for uvicorn, which binds with SO_REUSEADDR."""
     import socket
 
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -147,19 +147,26 @@ class _Project:
         return out
 
     def serve(self, command: str) -> str:
-        """Start a server command, wait until it says it is ready (or answers on its port), stop it with Ctrl-C."""
+        """Start a server command, wait until it says it is ready, stop it with Ctrl-C. It must have come up (not
+        ended first), stop within a minute with exit 0, and leave nothing listening on its port."""
+        from harness.serve import port_free
+
         args = shlex.split(command)
         if args[0] == "harness":
             args = [sys.executable, "-m", "harness", *args[1:]]
+        port = int(args[args.index("--port") + 1]) if "--port" in args else 5000
         env = {k: v for k, v in self.env.items() if k != "PYTHONWARNINGS"}  # a third-party server: its own warnings are not ours
         proc = subprocess.Popen(args, cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-        lines = []
+        lines: list[str] = []
+        ready = stopped = False
         try:
             deadline = time.monotonic() + 180
             for line in proc.stdout:  # type: ignore[union-attr]
                 lines.append(line)
-                if "ready: open" in line or "Uvicorn running" in line or "Listening at" in line:
+                # harness ui says "ready" once its server answers; mlflow ui only has uvicorn's line
+                if "ready: open" in line or (args[0] == "mlflow" and "Uvicorn running" in line):
+                    ready = True
                     break
                 assert time.monotonic() < deadline, "".join(lines)
         finally:
@@ -167,11 +174,19 @@ class _Project:
                 os.killpg(proc.pid, signal.SIGINT)
                 try:
                     proc.wait(timeout=60)
+                    stopped = True
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
             proc.stdout.close()  # type: ignore[union-attr]
-        return "".join(lines)
+        out = "".join(lines)
+        assert ready, f"{command} ended before it was ready (exit {proc.returncode}):\n{out}"
+        assert stopped and proc.returncode == 0, f"{command} did not stop cleanly on Ctrl-C within 60 s (exit {proc.returncode})"
+        deadline = time.monotonic() + 30
+        while not port_free("127.0.0.1", port):  # its workers end a moment after it
+            assert time.monotonic() < deadline, f"{command}: something still listens on port {port} after it stopped"
+            time.sleep(0.1)
+        return out
 
 
 @pytest.mark.slow

@@ -121,3 +121,43 @@ def test_stop_ends_a_process_group() -> None:
     assert proc.returncode == -signal.SIGTERM
     alive = [(p.pid, p.name()) for p in members if not _gone(p)]
     assert not alive, f"outlived the stop: {alive}"
+
+
+def test_a_server_ends_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """The server runs in its own session, out of reach of Ctrl-C; if the command that started it dies without its
+    finally block (SIGKILL), the server still ends instead of holding its port (failed before: it kept running)."""
+    import sys
+
+    code = ("import sys, time; from harness import serve; "
+            "p = serve.start(serve.ServerPlan(argv=['sleep', '300'], url='http://127.0.0.1:9')); "
+            "print(p.pid, flush=True); time.sleep(300)")
+    starter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server = psutil.Process(int(starter.stdout.readline()))  # type: ignore[union-attr]
+        assert server.name() == "sleep" and os.getpgid(server.pid) == server.pid, "a session of its own"
+        starter.kill()
+        starter.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not _gone(server):  # exited, or a zombie nobody has reaped yet
+            assert time.monotonic() < deadline, f"the server outlived the process that started it: {server}"
+            time.sleep(0.05)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        starter.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_port_is_free_once_its_server_stops_though_its_connections_linger() -> None:
+    """A stopped server's connections stay in TIME_WAIT for a minute; harness ui must not call the port taken then
+    (failed before: 'port ... is already in use' right after a UI was stopped), while a listening port is taken."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    assert not serve.port_free("127.0.0.1", port), "a listening socket holds the port"
+    conn.close()  # the server's side closes first: its end of the connection goes to TIME_WAIT on this port
+    client.close()
+    listener.close()
+    assert serve.port_free("127.0.0.1", port)

@@ -66,15 +66,8 @@ class Difference:
 
 
 def _finite(values: Sequence[Any]) -> list[float]:
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out.append(f)
-    return out
+    """The values that are finite numbers (None, text, NaN and infinities dropped)."""
+    return [f for f in _floats(values) if math.isfinite(f)]
 
 
 def interval(values: Sequence[Any], level: float = LEVEL) -> Interval:
@@ -107,7 +100,7 @@ def compare(a: Sequence[Any], b: Sequence[Any], *, paired: bool, level: float = 
 
     nan = math.nan
     if paired:
-        pairs = [(x, y) for x, y in zip(_finite_or_nan(a), _finite_or_nan(b)) if math.isfinite(x) and math.isfinite(y)]
+        pairs = [(x, y) for x, y in zip(_floats(a), _floats(b)) if math.isfinite(x) and math.isfinite(y)]
         n = len(pairs)
         if n == 0:
             return Difference(0, nan, nan, nan, nan, True)
@@ -136,14 +129,14 @@ def compare(a: Sequence[Any], b: Sequence[Any], *, paired: bool, level: float = 
     return Difference(n, mean, float(ci.low), float(ci.high), float(res.pvalue), False)
 
 
-def _finite_or_nan(values: Sequence[Any]) -> list[float]:
+def _floats(values: Sequence[Any]) -> list[float]:
+    """Every value as a float, NaN where it is not a number (positions kept: pairs stay aligned)."""
     out = []
     for v in values:
         try:
-            f = float(v)
+            out.append(float(v))
         except (TypeError, ValueError):
-            f = math.nan
-        out.append(f)
+            out.append(math.nan)
     return out
 
 

@@ -351,25 +351,38 @@ def test_a_worker_whose_trial_another_worker_failed_stops_at_once_and_the_retry_
     by_heartbeat = noticed_by == "heartbeat"
     # heartbeat: evaluations only at the start and the end; evaluation: one at step 4, and the default 20 s heartbeat
     spec = write_spec(tmp_path, _grid_spec(tiny_corpus, "usurped", [3e-3], eval_every=STEPS if by_heartbeat else 4), name="usurped.yaml")
-    url = f"sqlite:///{tmp_path}/studies/usurped.db"
     held, fenced = tmp_path / "held", tmp_path / "fenced"
-    worker, log = _start(["run", str(spec), "-q", "--workers", "1"], tmp_path, **(PERIODS if by_heartbeat else {}),
-                         HARNESS_BARRIER_AT=f"step@3:2:{held};fence:1:{fenced}")
-    try:
-        _until(lambda: faults.arrived(held) or not worker.is_alive(), 120, "the worker should be training", log)
-        _fail_as_another_worker(url, "usurped", 0)
+
+    def noticed(log: Path) -> None:
         if by_heartbeat:
             _until(lambda: faults.arrived(fenced), 30, "the worker did not notice that its trial was failed by another worker", log)
+
+    trials = _fail_its_trial_while_held(tmp_path, spec, "usurped", held, f"step@3:2:{held};fence:1:{fenced}", "the worker should be training",
+                                        then=noticed, **(PERIODS if by_heartbeat else {}))
+    run = _one_resumed_run(H.store(tmp_path), "usurped")
+    assert trials[0].user_attrs["mlflow_run_id"] == trials[1].user_attrs["mlflow_run_id"] == run.info.run_id
+    assert run.data.tags["harness.resumed_from_step"] == "4", "it stopped at its next step"
+
+
+def _fail_its_trial_while_held(tmp_path: Path, spec: Path, study: str, held: Path, barriers: str, waiting: str, *,
+                               then: Callable[[Path], None] | None = None, **env: str) -> list:
+    """Run the sweep's one worker until it waits at ``held``, fail its trial as another worker would, (``then``,) let it
+    go on; the sweep must finish with exit 0 and the trial be failed once and retried. Returns the study's trials."""
+    url = f"sqlite:///{tmp_path}/studies/{study}.db"
+    worker, log = _start(["run", str(spec), "-q", "--workers", "1"], tmp_path, **env, HARNESS_BARRIER_AT=barriers)
+    try:
+        _until(lambda: faults.arrived(held) or not worker.is_alive(), 120, waiting, log)
+        _fail_as_another_worker(url, study, 0)
+        if then is not None:
+            then(log)
         faults.arrive(held, "test")
         code = _exit_code(worker, log, 120, "the sweep should finish")
     finally:
         _stop(worker)
     assert code == 0, log.read_text()
-    trials = _trials(url, "usurped")
+    trials = _trials(url, study)
     assert _states(trials) == RETRIED
-    run = _one_resumed_run(H.store(tmp_path), "usurped")
-    assert trials[0].user_attrs["mlflow_run_id"] == trials[1].user_attrs["mlflow_run_id"] == run.info.run_id
-    assert run.data.tags["harness.resumed_from_step"] == "4", "it stopped at its next step"
+    return trials
 
 
 @pytest.mark.slow
@@ -379,19 +392,8 @@ def test_a_trial_failed_by_another_worker_after_its_run_ended_does_not_end_the_s
     reports it."""
     H.seed_store(tmp_path)
     spec = write_spec(tmp_path, _grid_spec(tiny_corpus, "late", [3e-3]), name="late.yaml")
-    url = f"sqlite:///{tmp_path}/studies/late.db"
     ended = tmp_path / "ended"
-    worker, log = _start(["run", str(spec), "-q", "--workers", "1"], tmp_path, HARNESS_BARRIER_AT=f"trial_end:2:{ended}")
-    try:
-        _until(lambda: faults.arrived(ended) or not worker.is_alive(), 120, "the trial's run should have ended", log)
-        _fail_as_another_worker(url, "late", 0)
-        faults.arrive(ended, "test")
-        code = _exit_code(worker, log, 120, "the sweep should finish")
-    finally:
-        _stop(worker)
-    assert code == 0, log.read_text()
-    trials = _trials(url, "late")
-    assert _states(trials) == RETRIED
+    trials = _fail_its_trial_while_held(tmp_path, spec, "late", ended, f"trial_end:2:{ended}", "the trial's run should have ended")
     run = _one_resumed_run(H.store(tmp_path), "late")
     assert "harness.resumed_from_step" not in run.data.tags, "the finished run was reported, not trained again"
     assert trials[1].user_attrs["mlflow_run_id"] == run.info.run_id

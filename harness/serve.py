@@ -230,10 +230,12 @@ def serve(plan: ServerPlan, *, on_ready: Callable[[], None] | None = None, ready
         raise KeyboardInterrupt
 
     # The server runs in its own session (Ctrl-C in the terminal does not reach it), so whatever ends *this* process
-    # (Ctrl-C, SIGTERM, a closed terminal) must end the server too.
+    # (Ctrl-C, SIGTERM, a closed terminal) must end the server too. SIGINT is handled here as well: a process started
+    # in the background by a non-interactive shell (a CI script's `cmd &`) inherits SIGINT ignored, and Python then
+    # raises no KeyboardInterrupt, so Ctrl-C or `kill -INT` would leave the server running.
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old[sig] = signal.signal(sig, _interrupt)
     proc = start(plan)
     try:

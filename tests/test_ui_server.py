@@ -161,3 +161,37 @@ def test_a_port_is_free_once_its_server_stops_though_its_connections_linger() ->
     client.close()
     listener.close()
     assert serve.port_free("127.0.0.1", port)
+
+
+def test_harness_ui_started_with_sigint_ignored_still_stops_on_it_and_ends_its_server(tmp_path: Path) -> None:
+    """A command a non-interactive shell starts in the background (`harness ui &` in a script, as CI runs the README)
+    inherits SIGINT ignored, and Python then raises no KeyboardInterrupt: harness ui must still stop on SIGINT, exit 0
+    and end its server (failed before: it ran on until killed, and its server outlived it)."""
+    import sys
+
+    from conftest import child_env
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db").create_experiment("x")
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=tmp_path, env=child_env(python_warnings=None),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lines: list[str] = []
+    try:
+        for line in ui.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "ready: open" in line:
+                break
+        assert "ready: open" in "".join(lines), "".join(lines)
+        os.killpg(ui.pid, signal.SIGINT)
+        assert ui.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+        ui.stdout.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while not serve.port_free("127.0.0.1", port):  # the server's worker ends a moment after the server
+        assert time.monotonic() < deadline, f"the MLflow server still listens on {port} after harness ui stopped"
+        time.sleep(0.1)

@@ -172,7 +172,8 @@ def _ends_with_parent() -> Callable[[], None] | None:
     test's timeout) left ``mlflow server`` holding its port. mlflow server passes SIGTERM on to its uvicorn workers.
 
     Linux's ``PR_SET_PDEATHSIG`` through ctypes: ``os`` has no ``prctl`` and no maintained library wraps it. Elsewhere,
-    None (only :func:`stop`)."""
+    None (only :func:`stop`). Linux sends the signal when the *thread* that started the server ends: call
+    :func:`start` from a thread that lives as long as the server (harness ui: the main thread)."""
     import signal
 
     if not sys.platform.startswith("linux"):

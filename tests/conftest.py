@@ -131,6 +131,15 @@ def make_spec(corpus: Path | str, *, name: str = "tiny", seed: int = 0, steps: i
     return spec
 
 
+def trial_params(study: Any, trial: Any) -> dict[str, Any]:
+    """The swept values of a sweep's trial: its configuration's, from the study's registry (a grid's values are not
+    Optuna params, see harness.sweep.schedule)."""
+    import json
+
+    cid = trial.user_attrs.get("harness.config")
+    return {} if cid is None else json.loads(study.user_attrs[f"harness.configuration.{cid}"])["params"]
+
+
 def write_spec(tmp_path: Path, spec: Any, name: str = "spec.yaml") -> Path:
     """Dump ``spec`` (any YAML-able object, usually a dict) to ``tmp_path / name`` and return the path."""
     path = Path(tmp_path) / name

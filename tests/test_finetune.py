@@ -67,6 +67,7 @@ def test_a_frozen_body_stays_bit_identical_and_the_lineage_is_recorded(source):
     run_ = client_for().get_run(out.run_id)
     assert run_.data.tags["harness.init_from"] == source
     assert run_.data.params["init.source_uri"] == f"runs:/{source}/checkpoints/best.pt"
+    assert run_.data.params["task.freeze"] == "all_but_head", "the resolved default, not None (issue 29.5)"
     assert json.loads((_artifacts(out.run_id) / "labels.json").read_text()) == ["female", "male"]
     metrics = run_.data.metrics
     assert 0.0 <= metrics["val/accuracy"] <= 1.0

@@ -95,15 +95,19 @@ def test_set_errors_blame_the_option_and_suggest_the_field(path, tmp_path, tiny_
     assert str(spec) not in err
 
 
-def test_results_of_a_sweep_list_the_best_trial_first_and_say_so(tiny_spec_dict, capsys):
+def test_results_of_a_sweep_list_the_best_trial_first_and_say_so(tiny_spec_dict, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     raw = dict(tiny_spec_dict, sweep={"sampler": "grid", "params": {"train.optimizer.lr": [1e-5, 3e-3, 1e-4]}})
     result = run_sweep(spec_from_dict(raw))
     best = result.best["run_id"]
     capsys.readouterr()
     assert main(["results", "tiny"]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line[:32].strip() and len(line.split()[0]) == 32]
-    assert rows[0].split()[0] == best
+    rows = [line for line in out.splitlines() if line[:8].strip() and len(line.split()[0]) == 8 and best.startswith(line.split()[0][:8])
+            or (line.split() and len(line.split()[0]) == 8 and line.split()[1].startswith("tiny"))]
+    assert rows[0].split()[0] == best[:8], "run ids as the other tables print them (issue 29.9)"
+    table = out.split("\n\n")[0].splitlines()
+    assert max(map(len, table)) <= 120, "the table fits the terminal (issue 29.9)"
     assert "sorted by best/val/loss, the sweep's objective (lowest first)" in out
     assert "store: sqlite:///" in out
 
@@ -170,3 +174,67 @@ def test_a_bad_step_cap_is_refused_before_a_run_exists(tmp_path, tiny_spec_dict,
     assert "HARNESS_MAX_STEPS must be a positive whole number of steps, not 'two'" in capsys.readouterr().err
     client = MlflowClient()
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_the_last_step_is_printed_once_with_its_own_evaluation():
+    """Issue 29.7: `step 300/300 ... val 1.4959` (the previous evaluation's), then `... val 1.1711`."""
+    from harness.cli.progress import Progress
+    from harness.train.events import EvalEnd, StepEnd
+
+    buf = io.StringIO()
+    progress = Progress(total=6, label="t", stream=buf, interactive=False, width=80, every_s=0)
+    for step in range(6):
+        progress(StepEnd(step=step, epoch=0, loss=1.0, lr=1e-3, grad_norm=1.0, clipped=False, tokens_per_sec=10.0))
+        if step in (2, 5):
+            progress(EvalEnd(step=step + 1, epoch=0, metrics={"val/loss": 2.0 if step == 2 else 1.5}, improved=True, best=1.5))
+    progress.close()
+    last = [line for line in buf.getvalue().splitlines() if "6/6" in line]
+    assert len(last) == 1 and "val 1.5000" in last[0], buf.getvalue()
+
+
+def test_a_resumed_runs_first_line_has_no_eta_from_one_untimed_step():
+    """Issue 29.6: a resumed run's first progress line said `eta 00:00`."""
+    from harness.cli.progress import Progress
+    from harness.train.events import StepEnd
+
+    buf = io.StringIO()
+    progress = Progress(total=1000, label="resume", stream=buf, interactive=False, width=80, every_s=0)
+    progress(StepEnd(step=161, epoch=0, loss=1.0, lr=1e-3, grad_norm=1.0, clipped=False, tokens_per_sec=10.0))
+    progress.close()
+    assert buf.getvalue().splitlines()[0].endswith("eta ?"), buf.getvalue()
+
+
+def test_a_classifiers_summary_shows_its_accuracy_and_what_trains_and_a_resume_labels_its_grad_scope(capsys):
+    """Issue 29.4 and 29.6: the summary printed val/loss and 106,560 parameters though 128 trained, and a resume's
+    `steps 1000` beside `clipped 0/839 steps` (the resumed part's)."""
+    from harness.cli.output import print_run_summary
+    from harness.job.outcome import RunOutcome
+    from harness.train.events import StopReason
+
+    out = RunOutcome(run_id="r" * 32, experiment="e", experiment_id="1", tracking_uri="sqlite:///x.db", status="FINISHED",
+                     stop_reason=StopReason.COMPLETED, steps=1000, epochs=0, wall_time_s=1.0, best_metric=1.2, best_step=900,
+                     final={"val/loss": 1.3, "val/accuracy": 0.77}, facts={"n_parameters": 106560, "trainable_parameters": 128},
+                     resumed_from="checkpoints/step_161.pt", grad={"max": 1.0, "mean": 0.5, "final": 0.4, "clipped": 0, "steps": 839})
+    print_run_summary(out)
+    text = capsys.readouterr().out
+    assert "val/accuracy final 0.7700" in text
+    assert "106,560 parameters (128 train)" in text
+    assert "clipped 0/839 steps (0.0%) (the 839 steps since the resume)" in text
+
+
+def test_compare_shows_bits_per_character_and_leaves_system_metrics_out(tiny_spec_dict, capsys):
+    """Issue 29.10: per-token losses of a char run and a BPE run side by side with no word; system/* rows by default."""
+    import math
+
+    from harness import results
+    from harness.job import run
+
+    a = run(spec_from_dict(dict(tiny_spec_dict, name="ca")))
+    b = run(spec_from_dict(dict(tiny_spec_dict, name="cb", train={**tiny_spec_dict["train"], "optimizer": {"name": "adamw", "lr": 1e-2}})))
+    cmp = results.compare([a.run_id, b.run_id], out=None)
+    assert "bpc/val/loss" in cmp.metrics.index and not any(str(i).startswith("system/") for i in cmp.metrics.index)
+    val = cmp.metrics.loc["val/loss"].tolist()
+    assert cmp.metrics.loc["bpc/val/loss"].tolist() == [v / math.log(2) for v in val], "a char run: one token per character"
+    capsys.readouterr()
+    assert main(["compare", a.run_id, b.run_id, "--no-plot"]) == 0
+    assert "bits per character" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import child_env, make_spec, write_spec
+from conftest import child_env, make_spec, trial_params, write_spec
 
 from harness.testing import faults
 
@@ -71,7 +71,11 @@ def _trials(storage: str, name: str) -> list:
 
     rdb = optuna.storages.RDBStorage(storage)
     try:
-        return optuna.load_study(study_name=name, storage=rdb).get_trials()
+        study = optuna.load_study(study_name=name, storage=rdb)
+        trials = study.get_trials()
+        for t in trials:  # a grid's values live in the study's registry, not in Optuna's params
+            t.params = trial_params(study, t)
+        return trials
     finally:
         rdb.engine.dispose()
 

@@ -1,19 +1,18 @@
-"""The statistics behind every verdict (harness.stats) against published reference values, and the paired rule that
-stops a repeated sweep's configuration early (harness.sweep.repeats.PairedPruner) on real Optuna studies."""
+"""The statistics behind every verdict (harness.stats) against published reference values: intervals, one chosen
+comparison, Holm's adjustment, the verdicts against the best, the paired rule's single decisions, and zero spread.
+Their rates under the null are tests/test_stats_null.py's."""
 
 from __future__ import annotations
 
 import math
 import warnings
 
-import optuna
+import numpy as np
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
 
-from harness.stats import band, compare, interval, one_sided_worse_p, summarize_groups, verdict
-from harness.sweep.repeats import PairedPruner
+from harness.stats import band, compare, holm, interval, paired_rule, summarize_groups, verdict, versus_best
+from harness.stats.best import SAME, STOPPED, WORSE, ZERO_SPREAD
 
 # Student t quantiles t(0.975, df) from the published tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262}
@@ -70,12 +69,58 @@ def test_verdicts_follow_the_interval():
     assert (constant.low, constant.high) == (1.0, 1.0) and verdict(constant, lower_is_better=True) == "worse"
 
 
-def test_one_sided_p_is_half_the_two_sided_in_the_observed_direction():
-    a, b = [3.0, 3.4, 3.1], [2.0, 2.2, 2.3]
-    two = compare(a, b, paired=True).p
-    assert one_sided_worse_p(a, b, lower_is_better=True) == pytest.approx(two / 2)
-    assert one_sided_worse_p(a, b, lower_is_better=False) == pytest.approx(1 - two / 2)
-    assert one_sided_worse_p([1.0], [0.0], lower_is_better=True) == 1.0, "one pair tests nothing"
+def test_zero_spread_is_not_certainty():
+    """Identical paired differences (quantised accuracies make them easy) gave p = 0 and a verdict from two seeds."""
+    two = compare([0.75, 0.5], [0.5, 0.25], paired=True)
+    assert two.zero_spread and math.isnan(two.p) and verdict(two, lower_is_better=False) == "no test (zero spread on n < 3)"
+    three = compare([0.75, 0.5, 0.6], [0.5, 0.25, 0.35], paired=True)
+    assert three.p == 0.0 and verdict(three, lower_is_better=False) == "better", "from three seeds on, identical differences count"
+    rounding = compare([0.7, 0.8], [0.6, 0.7], paired=True)  # 0.1 twice, up to the last bits of the floats
+    assert rounding.zero_spread and math.isnan(rounding.p)
+    assert str(interval([2.0, 2.0])) == "2 (n=2, all equal)" and math.isnan(interval([2.0, 2.0]).low)
+    vb = versus_best(np.array([[0.75, 0.5], [0.5, 0.25]]), lower_is_better=False)
+    assert list(vb.verdict) == [0, ZERO_SPREAD]
+    rule = paired_rule(np.array([[0.75, 0.5], [0.5, 0.25]]), np.array([True, True]), lower_is_better=False, seeds=5,
+                       configurations=2, p_threshold=0.05)
+    assert not rule.stop.any(), "no stop from two seeds with zero spread"
+
+
+def test_holm_matches_the_hand_computation():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, max(2 x 0.03, .), max(1 x 0.04, .): 0.03, 0.06, 0.06
+    assert holm(np.array([0.01, 0.04, 0.03])) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm(np.array([0.5, np.nan])) == pytest.approx([1.0, 1.0]), "a comparison that could not be made counts as p = 1"
+    assert holm(np.array([[0.01, 0.02], [0.2, 0.001]])).tolist() == pytest.approx(np.array([[0.02, 0.02], [0.2, 0.002]]))
+
+
+def test_verdicts_against_the_best_are_holm_over_all_pairs():
+    """Three configurations: the per-comparison p of c1 against the best is below 5 %, but not Holm's: the table says
+    not distinguishable. A configuration clearly worse than every other one is worse on any reading."""
+    best = np.array([2.70, 2.74, 2.73, 2.72, 2.75])
+    c1 = best + np.array([0.05, 0.02, 0.04, 0.00, 0.04])
+    c2 = c1 + np.array([0.01, -0.01, 0.005, -0.005, 0.0])
+    vb = versus_best(np.array([best, c1, c2]), lower_is_better=True)
+    assert int(vb.best) == 0 and vb.pairs == 3
+    assert vb.p[1] < 0.05 and vb.p_adjusted[1] >= 0.05 and vb.verdict[1] == SAME
+    far = versus_best(np.array([best, c1, best + 0.24 + 0.01 * np.arange(5)]), lower_is_better=True)
+    assert far.verdict[2] == WORSE and far.low[2] > 0
+    # a stopped configuration is never the best, says "stopped", and its pairs stay in the family
+    vs = versus_best(np.array([best - 0.5, best, c1]), lower_is_better=True, stopped=np.array([True, False, False]))
+    assert int(vs.best) == 1 and vs.verdict[0] == STOPPED and vs.pairs == 3
+
+
+def test_the_paired_rule_spends_its_threshold_over_looks_and_pairs():
+    from harness.stats import test_level
+
+    assert test_level(0.05, seeds=5, configurations=3) == pytest.approx(0.05 / (3 * 6))
+    x = np.array([[2.70, 2.74, 2.73], [2.95, 2.97, 2.99], [2.71, 2.73, 2.74]])
+    rule = paired_rule(x, np.array([True, True, True]), lower_is_better=True, seeds=5, configurations=3, p_threshold=0.05)
+    assert list(rule.stop) == [False, True, False] and rule.rival[1] in (0, 2) and rule.n[1] == 3 and rule.p[1] < rule.level
+    # every seed run: nothing left to save, no look; one shared seed: nothing to test
+    assert not paired_rule(x, np.array([True] * 3), lower_is_better=True, seeds=3, configurations=3, p_threshold=0.05).stop.any()
+    assert not paired_rule(x[:, :1], np.array([True] * 3), lower_is_better=True, seeds=5, configurations=3, p_threshold=0.05).stop.any()
+    # higher is better: the same data reads the other way round
+    up = paired_rule(-x, np.array([True] * 3), lower_is_better=False, seeds=5, configurations=3, p_threshold=0.05)
+    assert list(up.stop) == [False, True, False]
 
 
 def test_the_best_group_is_the_best_mean_not_the_best_single_seed():
@@ -85,6 +130,7 @@ def test_the_best_group_is_the_best_mean_not_the_best_single_seed():
     assert table.attrs["best"] == "b"
     by = table.set_index("config")
     assert by.loc["b", "verdict"] == "best" and by.loc["a", "verdict"] == "not distinguishable"
+    assert table.attrs["procedure"].startswith("verdicts: Holm over all 1 pair of the 2 configurations")
     assert by.loc["a", "objective_mean"] == pytest.approx(7 / 3) and by.loc["a", "n"] == 3
     # a group stopped early (fewer seeds) cannot be best on fewer seeds, however good its mean
     rows = pd.concat([rows, pd.DataFrame({"config": ["c"], "seed": [0], "objective": [0.5]})])
@@ -96,41 +142,3 @@ def test_band_is_the_interval_at_every_shared_step():
     assert steps == [0.0, 1.0] and mean == pytest.approx([4.1, 3.2])
     iv = interval([3.0, 3.4])
     assert (low[1], high[1]) == (pytest.approx(iv.low), pytest.approx(iv.high))
-
-
-# ----------------------------------------------------------------------------------------------------------- the rule
-
-
-def _config(study: optuna.Study, values: dict[int, float], state: TrialState = TrialState.COMPLETE) -> None:
-    value = sum(values.values()) / len(values) if state == TrialState.COMPLETE else None
-    study.add_trial(create_trial(state=state, value=value, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0, 1)},
-                                 intermediate_values=values))
-
-
-def _running(study: optuna.Study, values: dict[int, float]) -> optuna.trial.FrozenTrial:
-    _config(study, values, TrialState.RUNNING)
-    return study.get_trials()[-1]
-
-
-def test_paired_rule_stops_a_clearly_worse_configuration_after_two_seeds():
-    study = optuna.create_study(direction="minimize")
-    _config(study, {0: 2.70, 1: 2.74, 2: 2.73, 3: 2.72, 4: 2.75})
-    pruner = PairedPruner(p_threshold=0.05)
-    assert pruner.prune(study, _running(study, {0: 2.95, 1: 2.97})), "two consistent seeds, 0.24 worse: stop"
-    assert not pruner.prune(study, _running(study, {0: 2.95})), "one seed tests nothing"
-    assert not pruner.prune(study, _running(study, {0: 2.95, 1: 2.60})), "inconsistent seeds: keep going"
-    assert not pruner.prune(study, _running(study, {0: 2.60, 1: 2.61})), "better than the best: never stopped"
-    # Optuna's WilcoxonPruner cannot say this at any p below 0.0625 before 5 seeds: why harness uses the t-test
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        wilcoxon = optuna.pruners.WilcoxonPruner(p_threshold=0.05)
-    assert not wilcoxon.prune(study, _running(study, {0: 2.95, 1: 2.97, 2: 2.96, 3: 2.99}))
-
-
-def test_paired_rule_compares_on_shared_seeds_with_an_open_configuration_too():
-    study = optuna.create_study(direction="maximize")
-    _running(study, {0: 0.80, 1: 0.81})  # the leader has run two seeds so far
-    pruner = PairedPruner()
-    assert pruner.evidence(study, _running(study, {0: 0.70, 1: 0.705, 2: 0.9})) is not None
-    best, p, n = pruner.evidence(study, study.get_trials()[-1])
-    assert (best, n) == (0, 2) and p < 0.05

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sweep.storage import lock_file, study_lock
+from harness.sweep.claim import lock_file, study_lock
 
 
 def _waiting_advisory_locks(admin_url: str, database: str) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import CHILD_WARNINGS, child_env, make_spec, tree, write_spec
+from conftest import CHILD_WARNINGS, child_env, make_spec, trial_params, tree, write_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -118,7 +118,7 @@ def test_killed_sweep_resumes_each_point_exactly_once(work):
     study = load_study(work)
     trials = study.get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["train.optimizer.lr"] for t in done) == [1e-5, 3e-3, 1e-2]  # each point once
+    assert sorted(trial_params(study, t)["train.optimizer.lr"] for t in done) == [1e-5, 3e-3, 1e-2]  # each point once
     crashed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(crashed) == 1 and crashed[0].user_attrs["stop_reason"] == "crashed"
     runs = all_runs(work)
@@ -140,9 +140,10 @@ def test_two_workers_share_the_grid(work, monkeypatch):
     monkeypatch.setenv("HARNESS_BARRIER_AT", f"trial_start:2:{barrier}")
     monkeypatch.setenv("PYTHONWARNINGS", CHILD_WARNINGS)  # the spawned workers treat warnings as errors too
     result = run_sweep(spec_from_dict(raw), workers=2)
-    trials = load_study(work).get_trials()
+    study = load_study(work)
+    trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    points = sorted((t.params["train.optimizer.lr"], t.params["seed"]) for t in trials)
+    points = sorted((trial_params(study, t)["train.optimizer.lr"], trial_params(study, t)["seed"]) for t in trials)
     assert points == sorted([(1e-2, 1), (1e-2, 2), (3e-3, 1), (3e-3, 2)])
     pids = {t.user_attrs["pid"] for t in trials}
     assert len(pids) == 2, "both worker processes took trials"
@@ -230,9 +231,9 @@ def test_grid_values_are_checked_up_front(work):
 def test_a_sweep_that_breaks_ends_its_parent_run_failed_with_the_error(work, monkeypatch):
     """Not a trial failing (that FAILs the trial), the sweep itself: here the study's storage starts refusing reads after
     the first trial. The error reaches the caller, and the parent run is not left RUNNING."""
-    import harness.sweep.worker as worker
+    import harness.sweep.claim as claim
 
-    real, calls = worker.reap_stale, []
+    real, calls = claim.reap, []
 
     def storage_gone(*args, **kwargs):
         calls.append(1)
@@ -240,7 +241,7 @@ def test_a_sweep_that_breaks_ends_its_parent_run_failed_with_the_error(work, mon
             raise OSError("the study's database went away")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(worker, "reap_stale", storage_gone)
+    monkeypatch.setattr(claim, "reap", storage_gone)
     with pytest.raises(OSError, match="went away"):
         run_sweep(spec_from_dict(base_spec(work)))
     [parent], children = split_runs(all_runs(work))

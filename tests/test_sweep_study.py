@@ -16,7 +16,7 @@ from harness.cli import main
 from harness.job import run
 from harness.spec import spec_from_dict
 from harness.sweep import run_sweep
-from harness.sweep.storage import study_lock
+from harness.sweep.claim import study_lock
 
 
 def _sweep(spec: dict, **sweep) -> dict:
@@ -26,7 +26,7 @@ def _sweep(spec: dict, **sweep) -> dict:
 
 def test_the_study_lock_is_the_same_in_every_process():
     """Python salts hash() per process; a lock named with it protected nothing between spawned workers."""
-    code = ("from harness.sweep.storage import _lock_key; "
+    code = ("from harness.sweep.claim import _lock_key; "
             "print(_lock_key('lr_sweep'), _lock_key('a'))")
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}

@@ -52,18 +52,26 @@ def print_run_summary(out: Any) -> None:
         print(f"  val/loss     final {_fmt(out.final.get('val/loss'))}{best}")
     if "train/loss" in out.final:
         print(f"  train/loss   final {_fmt(out.final.get('train/loss'))} (last step), eval {_fmt(out.final.get('train/loss_eval'))}")
+    if "val/accuracy" in out.final and out.watch != "val/accuracy":  # a classifier's headline metric, whatever it watched
+        print(f"  val/accuracy final {_fmt(out.final['val/accuracy'])}")
     if out.watch != "val/loss" and out.best_metric is not None:
-        print(f"  {out.watch}  best {_fmt(out.best_metric)} at step {out.best_step}")
+        final = f"final {_fmt(out.final[out.watch])}, " if out.watch in out.final else ""
+        print(f"  {out.watch} {final}best {_fmt(out.best_metric)} at step {out.best_step}")
     if f.get("initial_loss") is not None:
         if "ln_labels" in f:  # a classifier guesses among its labels, not its vocabulary
             print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(labels) {f['ln_labels']:.4f} ({f['n_labels']} labels)")
         else:
             print(f"  sanity       step-0 loss {f['initial_loss']:.4f} vs ln(vocab) {f['ln_vocab']:.4f} (vocab {f['vocab_size']})")
-    print(f"  model        {f.get('n_parameters', 0):,} parameters, {f.get('steps_per_epoch')} steps/epoch, {f.get('tokens_per_step')} tokens/step")
+    n, trainable = f.get("n_parameters", 0), f.get("trainable_parameters")
+    trains = f" ({trainable:,} train)" if trainable is not None and trainable != n else ""
+    print(f"  model        {n:,} parameters{trains}, {f.get('steps_per_epoch')} steps/epoch, {f.get('tokens_per_step')} tokens/step")
     if out.grad:
         g = out.grad
         pct = 100.0 * g["clipped"] / max(g["steps"], 1)
-        print(f"  grad norm    max {g['max']:.3f} mean {g['mean']:.3f} final {g['final']:.3f}; clipped {int(g['clipped'])}/{int(g['steps'])} steps ({pct:.1f}%)")
+        # a resumed run's statistics cover the steps this session trained, not the whole run: say so
+        scope = f" (the {int(g['steps'])} steps since the resume)" if out.resumed_from and int(g["steps"]) < out.steps else ""
+        print(f"  grad norm    max {g['max']:.3f} mean {g['mean']:.3f} final {g['final']:.3f}; clipped {int(g['clipped'])}/{int(g['steps'])} "
+              f"steps ({pct:.1f}%){scope}")
     if out.stop_reason == "early_stopped":
         print(f"  early stop   after epoch {out.epochs} (step {out.steps}); best {out.watch} {_fmt(out.best_metric)} at step {out.best_step}")
     print(f"  experiment   {out.experiment} (id {out.experiment_id})")
@@ -85,6 +93,8 @@ def print_sweep_summary(result: Any) -> None:
         print_frame(configs_view(result.configs, result.objective))
         seeds = ", ".join(map(str, result.seeds or []))
         print(f"\n{len(df)} seed runs (seeds {seeds}; one row each in the parent run's trials.csv and in harness results --runs)")
+        if result.procedure:
+            print(result.procedure)
     else:
         cols = [c for c in df.columns if c not in ("ln_vocab", "fail_reason", "final_train_loss_step")]
         show = df[cols].copy()
@@ -160,6 +170,11 @@ def _cell(v: Any) -> str:
 
 
 def print_frame(df: Any, *, index: bool = False) -> None:
+    print(frame_text(df, index=index))
+
+
+def frame_text(df: Any, *, index: bool = False) -> str:
+    """A table as :func:`print_frame` prints it."""
     import pandas as pd
 
     show = df.copy()
@@ -168,4 +183,4 @@ def print_frame(df: Any, *, index: bool = False) -> None:
     if index:
         show.index = [str(i) for i in show.index]
     with pd.option_context("display.max_columns", 200, "display.width", 250, "display.max_colwidth", 60):
-        print(show.to_string(index=index))
+        return str(show.to_string(index=index))

@@ -36,6 +36,7 @@ class Progress:
         self.run_id: str | None = None
         self._last: dict[str, Any] = {}
         self._printed_step: int | None = None
+        self._pending = False  # the last step's line, held for its evaluation
 
     def bind(self, run_id: str) -> None:
         self.run_id = run_id
@@ -75,7 +76,9 @@ class Progress:
             return
         if isinstance(event, StepEnd):
             if self._first_step is None:
-                self._first_step = event.step
+                # the steps done when the clock starts: this one (a resumed run starts past 0), so the rate counts
+                # only steps timed from here
+                self._first_step = event.step + 1
                 self._t0 = time.perf_counter()
             self._last.update(step=event.step + 1, epoch=event.epoch, loss=event.loss, lr=event.lr, tps=event.tokens_per_sec)
         elif isinstance(event, EvalEnd):
@@ -135,14 +138,20 @@ class Progress:
         done = self.total is not None and step == self.total
         if step == self._printed_step and not force:
             return
+        if done and not force:
+            # the last step's evaluation follows at once: print the line once, with its val loss (or at close)
+            self._pending = True
+            return
         if not (force or done or now - self._last_print >= self.every_s):
             return
-        self._last_print, self._printed_step = now, step
+        self._last_print, self._printed_step, self._pending = now, step, False
         prefix = f"[{self.label}] " if self.label else ""
         head, eta = f"{prefix}step {self._counter()}", self._eta(step)
         print(f"{head} {self._fields(self._width() - len(head) - len(eta) - 2)} {eta}", file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self._pending:
+            self._print_line(force=True)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

@@ -38,6 +38,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--out", default="compare.png", help="where to write the curves PNG (default compare.png)")
     c.add_argument("--metric", action="append", metavar="KEY", help="curve panels (repeatable; default train/loss and val/loss)")
     c.add_argument("--no-plot", action="store_true", help="tables only")
+    c.add_argument("--system", action="store_true", help="also the system/* metrics (CPU, memory, ...)")
     c.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("plot", help="draw a figure: loss, grad_norm, lr (one run), overlay or objective (a sweep)")
@@ -103,17 +104,37 @@ def cmd_results(args: argparse.Namespace) -> int:
             cols.append("trial")
         if df["init_from"].notna().any():
             cols.append("init_from")
-        cols += ["stop_reason"] + changed + [m for m in _TABLE_METRICS if m in df.columns] + ["steps", "wall_time_s"]
         if order is not None and order[0] not in cols:
-            cols.append(order[0])
-    print_frame(df[cols])
+            cols.append(order[0])  # the sort key right after the names: it is what the order is about
+        cols += ["stop_reason"] + changed + [m for m in _TABLE_METRICS if m in df.columns and m not in cols] + ["steps", "wall_time_s"]
+    shown = df[cols].copy()
+    hidden = 0
+    if not args.all_columns:
+        shown["run_id"] = shown["run_id"].map(lambda r: r[:8] if isinstance(r, str) else r)  # as every other table prints it
+        shown, hidden = _fit(shown)
+    print_frame(shown)
     print(f"\n{len(df)} run{'s' if len(df) != 1 else ''}, " + (order[2] if order is not None else "oldest first")
-          + ("" if args.all_columns else f"; {len(df.columns)} columns in all (--all-columns, --csv or --parquet for the rest)"))
+          + ("" if args.all_columns else f"; {len(shown.columns)} of {len(df.columns)} columns"
+             + (f", {hidden} more did not fit" if hidden else "") + " (--all-columns, --csv or --parquet for the rest)"))
     print(f"store: {shown_url(uri)}")
     for path in (args.csv, args.parquet):
         if path:
             print(f"wrote {path}")
     return 0
+
+
+def _fit(df: Any) -> tuple[Any, int]:
+    """The table without its rightmost columns until it fits the terminal (run id and name always stay)."""
+    import shutil
+
+    from harness.cli.output import frame_text
+
+    width = shutil.get_terminal_size((120, 24)).columns
+    dropped = 0
+    while len(df.columns) > 2 and max(map(len, frame_text(df).splitlines() or [""])) > width:
+        df = df.iloc[:, :-1]
+        dropped += 1
+    return df, dropped
 
 
 def _top_and_export(df: Any, args: argparse.Namespace) -> Any:
@@ -131,24 +152,40 @@ def _top_and_export(df: Any, args: argparse.Namespace) -> Any:
 
 
 def _print_configs(args: argparse.Namespace, df: Any, uri: str) -> int:
-    """Repeated seeds: one row per configuration, best first, with its mean ± 95 % half-width and its verdict."""
+    """Repeated seeds: one table per study (configurations are compared within their own study only), one row per
+    configuration, best mean first, with its mean ± 95 % half-width and its verdict, and the procedure behind them."""
     from harness import results
     from harness.cli.output import configs_view
-    from harness.results.configs import seed_runs
 
     selector = args.selector if len(args.selector) > 1 else args.selector[0]
     cfg = results.configs(selector, uri=uri)
-    metric, direction, summary = cfg.attrs["objective"]
-    cfg = cfg.sort_values("objective_mean", ascending=direction == "minimize", na_position="last", kind="stable").reset_index(drop=True)
-    cfg = _top_and_export(cfg, args)
-    view = configs_view(cfg, f"{summary} {metric}")
-    if cfg["study"].nunique() > 1:
-        view.insert(0, "study", list(cfg["study"]))
-    print_frame(view)
-    seeds = sorted({int(s) for s in seed_runs(df)["seed"]})
+    objectives = cfg.attrs["objectives"]
+    procedures = cfg.attrs["procedure"]
+    parts = []
+    for pid in dict.fromkeys(cfg["sweep_run_id"]):
+        metric, direction, summary = objectives[pid]
+        part = cfg[cfg["sweep_run_id"] == pid].sort_values("objective_mean", ascending=direction == "minimize", na_position="last",
+                                                          kind="stable")
+        parts.append((pid, part.reset_index(drop=True), f"{summary} {metric}"))
+    seeds_of = {pid: sorted({int(s) for s in df[(df["parent_run_id"] == pid) & df["config_id"].notna()]["seed"].dropna()})
+                for pid, _, _ in parts}
+    if args.top is not None or args.csv or args.parquet:
+        import pandas as pd
+
+        _top_and_export(pd.concat([p for _, p, _ in parts], ignore_index=True), args)
+    for k, (pid, part, objective) in enumerate(parts):
+        if args.top is not None:
+            part = part.head(args.top)
+        if len(parts) > 1:
+            print(("\n" if k else "") + f"study {part['study'].iloc[0]} (sweep run {pid[:8]}):")
+        print_frame(configs_view(part, objective))
+        seeds = seeds_of[pid]
+        print(f"{len(part)} configuration{'s' if len(part) != 1 else ''}, best mean first; mean ± 95 % t half-width over the "
+              f"finished seed runs (seeds {', '.join(map(str, seeds))})")
+        print(procedures.get(pid) or "")
+    if len(parts) > 1:
+        print(f"\n{len(parts)} studies: each table compares its own configurations only (their base specs may differ)")
     others = int(df["config_id"].isna().sum())
-    print(f"\n{len(cfg)} configuration{'s' if len(cfg) != 1 else ''}, best mean first; mean ± 95 % t half-width over the finished "
-          f"seed runs (seeds {', '.join(map(str, seeds))}); verdicts: paired t-test against the best on shared seeds")
     if others:
         print(f"{others} selected run{'s' if others != 1 else ''} without repeats left out (--runs lists every run)")
     print(f"store: {shown_url(uri)}")
@@ -174,7 +211,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if group_selectors(args.runs):
         return _compare_groups(args)
-    cmp = results.compare(args.runs, out=None if args.no_plot else args.out, metrics=args.metric or ("train/loss", "val/loss"))
+    cmp = results.compare(args.runs, out=None if args.no_plot else args.out, metrics=args.metric or ("train/loss", "val/loss"),
+                          system=args.system)
     if cmp.params.empty:
         print("params: all the same")
     else:
@@ -182,6 +220,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_frame(cmp.params, index=True)
     print("\nmetrics (final value; best/ = minimum over the run):")
     print_frame(cmp.metrics, index=True)
+    if cmp.bits_per_char:
+        print("\nbpc/...: the loss in bits per character of text (nats / ln 2 x the corpus's tokens per character), so that runs "
+              "with different tokenizers compare; a per-token loss does not")
+    if not args.system:
+        print("(system/* metrics left out: --system shows them)")
     if cmp.plot:
         print(f"\nwrote {cmp.plot}")
     return 0
@@ -192,10 +235,17 @@ def _compare_groups(args: argparse.Namespace) -> int:
 
     cmp = results.compare_groups(args.runs[0], args.runs[1])
     print(f"a = {cmp.a} ({len(cmp.seeds_a)} seed runs), b = {cmp.b} ({len(cmp.seeds_b)} seed runs)")
-    print(f"paired on the seeds both ran ({', '.join(map(str, sorted(set(cmp.seeds_a) & set(cmp.seeds_b))))})" if cmp.paired
-          else "no shared seeds: Welch's t-test between the groups")
+    shared = sorted(set(cmp.seeds_a) & set(cmp.seeds_b))
+    if cmp.paired:
+        print(f"paired on the seeds both ran ({', '.join(map(str, shared))})")
+    elif shared:
+        print(f"one shared seed ({shared[0]}): too few to pair, so Welch's t-test between the groups")
+    else:
+        print("no shared seeds: Welch's t-test between the groups")
     print_frame(cmp.table, index=True)
-    print("\ndifference = a - b, with its 95 % t interval; a verdict says better or worse only when that interval excludes 0")
+    print("\ndifference = a - b, with its 95 % t interval; a verdict says better or worse only when that interval excludes 0. "
+          "This is one comparison that you chose, so the plain test is the right one (a sweep's table, which picks its best "
+          "from the same data and compares many, corrects for both); a zero-spread difference on fewer than 3 seeds gets no verdict")
     return 0
 
 

@@ -129,7 +129,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if sw is None:
             kind = "run"
         elif sw.sampler == "grid" or sw.n_trials:
-            kind = f"sweep of {sw.n_trials or sw.grid_size()} trials"
+            configs = min(sw.n_trials or sw.grid_size(), sw.grid_size()) if sw.sampler == "grid" else sw.n_trials or 0
+            kind = (f"sweep of {configs} configurations × {sw.n_seeds} seeds = {configs * sw.n_seeds} runs" if sw.repeated
+                    else f"sweep of {configs} trials")
         else:
             kind = f"sweep; the {sw.sampler} sampler needs n_trials: set sweep.n_trials or pass --n-trials to harness run"
         print(f"ok: {path} ({kind})")

@@ -143,6 +143,8 @@ def _set_up(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]]
     tracker.set_tags({**_runtime_tags(built.device), DESCRIPTION: description})
     tracker.log_inputs(built.datasets, models=[source.model_id] if source and source.model_id else [])
     params = {k: v for k, v in flatten(spec_to_dict(spec)).items() if not k.startswith("sweep")}
+    if params.get("task.freeze", "") is None:  # unset: what it resolved to (a classifier on a pretrained body: its head only)
+        params["task.freeze"] = spec.freezing
     tracker.log_params({**params, **{f"derived.{k}": v for k, v in built.facts.items()}, **(lineage.params() if lineage else {})})
     tracker.log_text(json.dumps(built.tokenizer.to_dict(), ensure_ascii=False), "tokenizer.json")
     if built.task is not None and built.task.labels:

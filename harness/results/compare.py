@@ -23,6 +23,7 @@ class Comparison:
     metrics: Any  # index: status, stop_reason, steps, wall time, final and best metrics; columns: run labels
     labels: list[str]
     plot: Path | None = None
+    bits_per_char: bool = False  # the metrics hold bpc/ rows (language-model runs)
 
 
 def run_labels(df: Any) -> list[str]:
@@ -32,9 +33,13 @@ def run_labels(df: Any) -> list[str]:
 
 
 def compare(selectors: Selector, *, out: str | Path | None = "compare.png", metrics: Sequence[str] = ("train/loss", "val/loss"),
-            uri: str | None = None) -> Comparison:
+            uri: str | None = None, system: bool = False) -> Comparison:
     """Two or more runs side by side: the params that differ, final and best metrics, and (``out``) one PNG with a
-    panel per metric and one curve per run."""
+    panel per metric and one curve per run.
+
+    Language-model runs also get their losses in bits per character (``bpc/val/loss``, ``bpc/best/val/loss``, ...): a
+    per-token loss depends on the tokenizer (a BPE token holds several characters), bits per character do not.
+    ``system/*`` metrics (CPU, memory) are left out unless ``system``."""
     import pandas as pd
 
     from harness import plots
@@ -50,9 +55,14 @@ def compare(selectors: Selector, *, out: str | Path | None = "compare.png", metr
     ptable = pd.DataFrame({lab: [plain(df.at[i, c]) for c in diff] for i, lab in zip(df.index, labels)}, index=pd.Index(diff, name="param"))
     rows = ["status", "stop_reason", "steps", "wall_time_s"]
     allp = set(params_of(df))
-    mcols = [c for c in df.columns if c not in INFO_COLUMNS and c not in allp and not c.startswith("summary/")]
+    mcols = [c for c in df.columns if c not in INFO_COLUMNS and c not in allp and not c.startswith("summary/")
+             and (system or not c.startswith("system/"))]
     rows += mcols
     mtable = pd.DataFrame({lab: [plain(df.at[i, c]) for c in rows] for i, lab in zip(df.index, labels)}, index=pd.Index(rows, name="metric"))
+    bpc = _bits_per_char(df, [c for c in mcols if c.endswith("loss")])
+    if not bpc.empty:
+        bpc.columns = labels
+        mtable = pd.concat([mtable, bpc])
     path = None
     if out is not None:
         keys = [k for k in metrics if k in df.columns]
@@ -67,7 +77,22 @@ def compare(selectors: Selector, *, out: str | Path | None = "compare.png", metr
             names = dict(zip(labels, curve_labels(df, labels, diff)))
             panels = {k: {names[lab]: c for lab, c in v.items()} for k, v in panels.items()}
             path = plots.save(plots.overlay_panels(panels, title=f"{len(labels)} runs compared"), out)
-    return Comparison(runs=df, params=ptable, metrics=mtable, labels=labels, plot=path)
+    return Comparison(runs=df, params=ptable, metrics=mtable, labels=labels, plot=path, bits_per_char=not bpc.empty)
+
+
+def _bits_per_char(df: Any, losses: Sequence[str]) -> Any:
+    """``bpc/<loss>`` rows for language-model runs: the loss / ln 2 x the corpus's tokens per character (from the
+    derived token and character counts every run logs). Empty unless every run has them."""
+    import math
+
+    import pandas as pd
+
+    need = ("derived.corpus_chars", "derived.train_tokens", "derived.val_tokens")
+    if not all(c in df.columns and df[c].notna().all() for c in need):
+        return pd.DataFrame()
+    per_char = (df["derived.train_tokens"].astype(float) + df["derived.val_tokens"].astype(float)) / df["derived.corpus_chars"].astype(float)
+    rows = {f"bpc/{c}": [float(v) * float(r) / math.log(2) if v == v else None for v, r in zip(df[c], per_char)] for c in losses}
+    return pd.DataFrame(rows).T.rename_axis("metric") if rows else pd.DataFrame()
 
 
 def curve_labels(df: Any, labels: Sequence[str], params: Sequence[str], limit: int = 3) -> list[str]:

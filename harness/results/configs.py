@@ -13,6 +13,7 @@ from harness.results.compare import fmt_selector
 from harness.results.frames import Selector, runs_frame
 from harness.results.store import get_run, open_store, select_runs
 from harness.results.values import swept_params
+from harness.tracking.records import OBJECTIVE_METRIC
 
 __all__ = ["GroupComparison", "HEADLINE", "compare_groups", "configs", "configs_frame", "group_selectors", "seed_runs"]
 
@@ -26,55 +27,88 @@ def seed_runs(df: Any) -> Any:
     return df[df["config_id"].notna() & (df["status"] == "FINISHED")]
 
 
-def configs(selector: Selector, *, uri: str | None = None) -> Any:
+def configs(selector: Selector, *, uri: str | None = None, superseded: bool = False) -> Any:
     """One row per configuration of the repeated sweeps (``--repeats``) among the selected runs.
 
-    Columns: ``config_id``, ``study``, ``config`` (its swept values, readable), the swept params, ``n`` (finished
-    seed runs), and for the objective and each headline metric (:data:`HEADLINE`) ``<metric>_mean``, ``_std``,
-    ``_ci_low``, ``_ci_high`` (the 95 % Student t interval); then the paired comparison with the best configuration
-    (the best objective mean among those that ran the most seeds) on the seeds both ran: ``vs_best``,
-    ``vs_best_low``, ``vs_best_high``, ``p`` and ``verdict`` (best, better, worse, not distinguishable).
-    ``attrs["objective"]`` is (metric, direction, summary)."""
+    Columns: ``study``, ``sweep_run_id`` (the sweep's parent run: one per study, shared by every invocation; a study
+    started over with ``--fresh`` has a new one), ``config_id``, ``config`` (its swept values, readable), the swept
+    params, ``n`` (finished seed runs), and for the objective and each headline metric (:data:`HEADLINE`)
+    ``<metric>_mean``, ``_std``, ``_ci_low``, ``_ci_high`` (the 95 % Student t interval); then each configuration
+    against the best of **its own study** (the best objective mean among those that ran the most seeds; Holm over all
+    pairs, family-wise 5 %, see :func:`harness.stats.summarize_groups`): ``vs_best``, ``vs_best_low``,
+    ``vs_best_high``, ``p``, ``p_adjusted`` and ``verdict``. Configurations of different studies are never compared
+    (their base specs may differ: a smoke run's step cap, another corpus).
+
+    The runs of a study that ``--fresh`` replaced are left out unless ``superseded`` (or nothing else is selected).
+    ``attrs``: ``objective`` (metric, direction, summary; per study in ``objectives``), ``best`` (the best
+    configuration of each sweep run), ``procedure`` (per sweep run)."""
     client, uri = open_store(uri)
     selected = select_runs(client, selector, uri=uri)
     df = runs_frame(client, selected)
     swept = swept_params(client, selected)
-    return configs_frame(df, swept=swept, objective=_objective(client, df), what=fmt_selector(selector))
+    parents = _parents(client, df)
+    return configs_frame(df, swept=swept, objectives={pid: info[0] for pid, info in parents.items()},
+                         superseded={pid for pid, info in parents.items() if info[1]} if not superseded else set(),
+                         stopped={pid: info[2] for pid, info in parents.items()}, what=fmt_selector(selector))
 
 
-def _objective(client: Any, df: Any) -> tuple[str, str, str]:
-    """The objective of the sweeps the seed runs come from (they must agree), else the best val loss."""
-    found = set()
+def _parents(client: Any, df: Any) -> dict[str, tuple[tuple[str, str, str], bool, list[str]]]:
+    """Each seed run's sweep parent: (its objective, whether --fresh superseded its study, the configurations its paired
+    rule stopped)."""
+    import json
+
+    out = {}
     for pid in seed_runs(df)["parent_run_id"].dropna().unique():
         parent = get_run(client, pid)
         if parent is not None:
             p = parent.data.params
-            found.add((p.get("sweep.objective.metric", "val/loss"), p.get("sweep.objective.direction", "minimize"),
-                       p.get("sweep.objective.summary", "best")))
-    if len(found) > 1:
-        raise UsageError(f"these seed runs come from sweeps with different objectives ({sorted(found)}); select one sweep at a time")
-    return found.pop() if found else ("val/loss", "minimize", "best")
+            objective = (p.get("sweep.objective.metric", "val/loss"), p.get("sweep.objective.direction", "minimize"),
+                         p.get("sweep.objective.summary", "best"))
+            stopped = list(json.loads(parent.data.tags.get("harness.stopped", "{}")))
+            out[str(pid)] = (objective, parent.data.tags.get("harness.superseded") == "true", stopped)
+    return out
 
 
-def configs_frame(df: Any, *, swept: Sequence[str] = (), objective: tuple[str, str, str] = ("val/loss", "minimize", "best"),
-                  what: str = "the selection") -> Any:
-    """:func:`configs` from a :func:`harness.results.runs` frame."""
+DEFAULT_OBJECTIVE = ("val/loss", "minimize", "best")
+
+
+def configs_frame(df: Any, *, swept: Sequence[str] = (), objectives: dict[str, tuple[str, str, str]] | None = None,
+                  superseded: set[str] = frozenset(),  # type: ignore[assignment]
+                  stopped: dict[str, list[str]] | None = None, what: str = "the selection") -> Any:
+    """:func:`configs` from a :func:`harness.results.runs` frame (``objectives``: per sweep parent run id)."""
+    import pandas as pd
+
     from harness.stats import summarize_groups
 
     rows = seed_runs(df).copy()
     if rows.empty:
         raise UsageError(f"{what} holds no repeated runs (a sweep or run started with --repeats N, or sweep.repeats)")
-    metric, direction, summary = objective
-    col = f"best/{metric}" if summary == "best" and f"best/{metric}" in rows else metric
-    rows["objective"] = rows[col] if col in rows else math.nan
-    rows["config_key"] = rows["study"].fillna("") + "/" + rows["config_id"]
-    columns = {"objective": direction == "minimize", **{k: v for k, v in HEADLINE.items() if k in rows and rows[k].notna().any()}}
-    keep = ["config_id", "study", "config"] + [p for p in swept if p in rows]
-    out = summarize_groups(rows, group="config_key", pair="seed", columns=columns, objective="objective", keep=keep)
-    best = out.attrs.get("best")
-    out = out.drop(columns=["config_key"])
-    out.attrs.update({"objective": objective, "objective_column": col, "best": best, "params": [p for p in swept if p in rows]})
-    return out
+    rows["sweep_run_id"] = rows["parent_run_id"].fillna("")
+    if superseded and not rows["sweep_run_id"].isin(superseded).all():
+        rows = rows[~rows["sweep_run_id"].isin(superseded)]
+    objectives = objectives or {}
+    keep = ["study", "sweep_run_id", "config_id", "config"] + [p for p in swept if p in rows]
+    tables, best, procedures, used = [], {}, {}, {}
+    for pid in dict.fromkeys(rows["sweep_run_id"]):
+        part = rows[rows["sweep_run_id"] == pid].copy()
+        metric, direction, summary = objective = objectives.get(pid, DEFAULT_OBJECTIVE)
+        # the score the sweep judged each run by (logged on the run), else the metric as the objective summarises it
+        col = OBJECTIVE_METRIC if OBJECTIVE_METRIC in part and part[OBJECTIVE_METRIC].notna().all() else (
+            f"best/{metric}" if summary == "best" and f"best/{metric}" in part else metric)
+        part["objective"] = part[col] if col in part else math.nan
+        columns = {"objective": direction == "minimize",
+                   **{k: v for k, v in HEADLINE.items() if k in part and part[k].notna().any()}}
+        out = summarize_groups(part, group="config_id", pair="seed", columns=columns, objective="objective", keep=keep[1:],
+                               stopped=(stopped or {}).get(pid, []))
+        out.insert(0, "study", part["study"].iloc[0])
+        tables.append(out)
+        best[pid], procedures[pid], used[pid] = out.attrs.get("best"), out.attrs.get("procedure"), (objective, col)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    first = next(iter(used.values()))
+    table.attrs.update({"objective": first[0], "objective_column": first[1], "objectives": {k: v[0] for k, v in used.items()},
+                        "best": best[next(iter(best))] if len(best) == 1 else best, "procedure": procedures,
+                        "params": [p for p in swept if p in rows]})
+    return table
 
 
 @dataclass

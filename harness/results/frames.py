@@ -17,7 +17,7 @@ __all__ = ["INFO_COLUMNS", "Selector", "export", "history", "objective_order", "
 
 Selector = str | Sequence[str]
 
-INFO_COLUMNS = ["run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "trial", "config_id", "config",
+INFO_COLUMNS = ["run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "study_id", "trial", "config_id", "config",
                 "repeat", "seed", "parent_run_id", "init_from", "start_time", "end_time", "wall_time_s", "steps"]
 
 
@@ -25,7 +25,8 @@ def runs(selector: Selector, *, uri: str | None = None, include_parents: bool = 
          init_from: str | None = None) -> Any:
     """One row per run, oldest first.
 
-    Columns: ``run_id, run_name, experiment, status, stop_reason, role, study, trial (Int64), config_id, config,
+    Columns: ``run_id, run_name, experiment, status, stop_reason, role, study, study_id (the study instance: a study
+    started over with --fresh gets a new one), trial (Int64), config_id, config,
     repeat, seed (Int64; a repeated sweep's seed runs: their configuration's id and values, their index and seed), parent_run_id,
     init_from (the run a finetuned run started from), start_time, end_time (UTC datetimes), wall_time_s,
     steps (Int64)``; then each metric's final value under its own
@@ -67,6 +68,7 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
             "stop_reason": tags.get("stop_reason"),
             "role": tags.get("harness.role"),
             "study": tags.get("harness.study"),
+            "study_id": tags.get("harness.study_id"),
             "trial": _int(trial),
             "config_id": tags.get("harness.config_id"),
             "config": tags.get("harness.config"),
@@ -82,7 +84,7 @@ def runs_frame(client: Any, selected: Sequence[Any], *, best: bool = True) -> An
         for c in INFO_COLUMNS:
             info[c].append(row[c])
     cols: dict[str, Any] = {}
-    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "config_id", "config", "parent_run_id", "init_from"):
+    for c in ("run_id", "run_name", "experiment", "status", "stop_reason", "role", "study", "study_id", "config_id", "config", "parent_run_id", "init_from"):
         cols[c] = pd.Series(info[c], dtype=object)
     for c in ("trial", "repeat", "seed"):
         cols[c] = pd.Series(info[c], dtype="Int64")

@@ -126,18 +126,26 @@ def study(target: str, *, storage: str | None = None, uri: str | None = None) ->
     """The Optuna study of a sweep (by study name, sweep spec path, or sweep parent run id) as
     ``study.trials_dataframe()`` (``number, value, datetime_*, duration, params_*, user_attrs_*, state``) joined to
     MLflow: ``run_id``, ``run_name``, ``mlflow_status`` and ``stop_reason`` (the trial's, else its run's tag), and
-    ``superseded`` (True for a crashed/interrupted attempt whose retry continued the same MLflow run)."""
+    ``superseded`` (True for a crashed/interrupted attempt whose retry continued the same MLflow run). The
+    ``params_*`` columns are each trial's configuration's values, from the study's registry."""
     import pandas as pd
 
-    from harness.sweep.storage import retried_numbers
+    from harness.sweep.attempts import CONFIG, superseded
+    from harness.sweep.schedule import configurations
 
     ref = resolve_study(target, storage=storage, uri=uri)
     with load_study(ref) as st:
         df = st.trials_dataframe()
         trials = st.get_trials(deepcopy=True)
+        registry = {c.cid: c.params for c in configurations(st, trials)}
     if df.empty:
         df = pd.DataFrame({"number": pd.Series(dtype="int64")})
-    retried = retried_numbers(trials)
+    # every trial's configuration values (a grid's are kept in the registry only, see harness.sweep.schedule)
+    cids = {t.number: t.user_attrs.get(CONFIG) for t in trials}
+    for path in dict.fromkeys(p for params in registry.values() for p in params):
+        df[f"params_{path}"] = pd.Series([registry.get(str(cids.get(int(n))), {}).get(path) for n in df["number"]], dtype=object,
+                                         index=df.index)
+    retried = superseded(trials)
     by_number = {t.number: t for t in trials}
     run_ids = [by_number[n].user_attrs.get("mlflow_run_id") if n in by_number else None for n in df["number"]]
     mlflow_runs: dict[str, Any] = {}

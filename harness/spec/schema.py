@@ -330,7 +330,7 @@ class PrunerSpec(_Model):
     percentile: float = Field(50.0, gt=0, lt=100, description="percentile pruner: the percentile to keep")
     min_resource: int | Literal["auto"] = Field("auto", description="successive_halving/hyperband: minimum steps")
     reduction_factor: int = Field(3, ge=2, description="successive_halving/hyperband: reduction factor")
-    p_threshold: float = Field(0.05, gt=0, lt=1, description="paired: stop when the one-sided paired t-test's p is below this")
+    p_threshold: float = Field(0.05, gt=0, lt=1, description="paired: the chance of stopping any configuration when none differs, over every look (spent across them)")
 
     @model_validator(mode="before")
     @classmethod
@@ -347,7 +347,7 @@ class SweepSpec(_Model):
     """A study over the run spec: each trial overrides the swept paths and runs the result."""
 
     sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = Field("grid", description="grid, random, tpe, cmaes or qmc")
-    seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec seed)")
+    seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec seed); each trial draws from it and its own number, so workers never collide")
     params: dict[str, Union[list[Any], ParamRange]] = Field(
         {}, description="dotted run-spec path -> a list (grid values) or a range; empty with repeats: one configuration, repeated")
     repeats: int | None = Field(None, ge=1, le=1000, description="seed runs per configuration, under the seeds seed, seed+1, ... (the same for every configuration; unset: 1)")

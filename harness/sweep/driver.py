@@ -55,7 +55,7 @@ def run_sweep(
     progress: Callable[[str], Any] | None = None,
     on_start: Callable[[SweepStart], None] | None = None,
 ) -> SweepResult:
-    """Run (or resume) the sweep that ``spec.sweep`` describes and return its trial table.
+    """Run (or resume, or extend) the sweep that ``spec.sweep`` describes and return its tables.
 
     ``workers``, ``n_trials`` and ``storage`` (an Optuna storage URL) override the spec's; ``progress`` makes a trial's progress display from its label
     (it must be picklable, e.g. a class, when workers > 1); ``on_start`` hears what is about to run."""
@@ -81,7 +81,7 @@ def run_sweep(
     if (asked or auto_workers(spec, runs)) > 1:
         start_workers_early()  # their imports, on another CPU, while the study and the parent run are set up
     opened = open_study(spec, name=name, url=url, fresh=fresh, uri=uri, total=total)
-    n_workers = asked or auto_workers(spec, _trials_left(opened.queue or opened.study, runs))
+    n_workers = asked or auto_workers(spec, _trials_left(opened.study, runs))
     if on_start is not None:
         on_start(SweepStart(study_name=name, storage=redact_url(url), parent_run_id=opened.parent_run_id, experiment=spec.experiment,
                             total=total, sampler=sw.sampler, workers=n_workers, seeds=sw.seed_list(spec.seed) if sw.repeated else None))
@@ -90,7 +90,7 @@ def run_sweep(
         storage_url=url,
         total=total,
         deadline=time.time() + sw.timeout_s if sw.timeout_s else None,
-        trials=TrialSettings(study_name=name, parent_run_id=opened.parent_run_id, tracking_uri=uri, spec_file=spec_file,
+        trials=TrialSettings(study_name=name, study_id=opened.study_id, repeated=sw.repeated, parent_run_id=opened.parent_run_id, tracking_uri=uri, spec_file=spec_file,
                              threads=_threads_per_worker(n_workers), progress=progress),
     )
     try:
@@ -162,11 +162,10 @@ def workers_for(total: int, cpus: int) -> int:
 
 
 def _trials_left(study: Any, total: int) -> int:
-    """Trials (a repeated sweep's seed runs) still to run when the sweep (re)starts: a resumed study has finished
-    some already."""
-    from optuna.trial import TrialState
+    """Seed runs still to run when the sweep (re)starts: a resumed study has finished some already."""
+    from harness.sweep.attempts import current
 
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in current(study.get_trials(deepcopy=False)).values())
     return max(total - done, 0)
 
 

@@ -1,18 +1,22 @@
-"""A sweep's results: one row per trial (from the study and each trial's MLflow run), a verdict per trial, and the
-parent run's final table, plots and metrics."""
+"""A sweep's results: one row per seed run (its current attempt, from the study and its MLflow run), one row per
+configuration with its verdict against the best when the sweep repeats seeds, and the parent run's final tables,
+plots and metrics."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.spec import ObjectiveSpec, ParamRange, Spec
-from harness.sweep.repeats import CONFIG, LABEL, REPEAT, SEED, Repeats, config_id
-from harness.sweep.storage import retried_numbers, study_lock
-from harness.sweep.study import OpenStudy, from_optuna
+from harness.sweep.attempts import REPEAT, SEED, Attempts
+from harness.sweep.claim import study_lock
+from harness.sweep.schedule import Configuration, Scheduler, configurations
+from harness.sweep.study import OpenStudy
 from harness.tracking import MlflowTracker, client_for
 from harness.tracking.liveness import pid_alive
 from harness.tracking.records import DESCRIPTION, markdown_table
@@ -34,6 +38,7 @@ class SweepResult:
     objective: str = "val/loss"
     configs: Any = None  # a repeated sweep: pandas.DataFrame, one row per configuration (mean, interval, verdict)
     seeds: list[int] | None = None  # a repeated sweep's seed list
+    procedure: str = ""  # a repeated sweep: which procedure made the verdicts
     tracking_uri: str = ""
     artifacts: list[str] = field(default_factory=list)  # what the parent run received from this invocation
     signal: int | None = None  # the signal that interrupted the sweep (SIGINT, SIGTERM)
@@ -64,24 +69,24 @@ def _slug(metric: str) -> str:
     return metric.replace("/", "_")
 
 
-def trials_table(study: Any, *, objective: ObjectiveSpec, uri: str) -> Any:
-    """One row per trial (a retried attempt is replaced by its retry): params, the objective, the best and final value
-    of the objective metric, the final train loss, steps, steps/epoch, wall time, stop_reason, verdict and run id."""
+def trials_table(configs: Sequence[Configuration], *, objective: ObjectiveSpec, uri: str, repeated: bool) -> Any:
+    """One row per seed run, in the order they were first taken (a retried attempt is replaced by its retry): its
+    configuration and seed (a repeated sweep), the swept values, the objective, the best and final value of the
+    objective metric, the final train loss, steps, steps/epoch, wall time, stop_reason, verdict and run id."""
     import pandas as pd
 
     client = client_for(uri)
-    trials = study.get_trials(deepcopy=False)
-    retried = retried_numbers(trials)
-    rows = [_row(client, t, objective) for t in trials if t.number not in retried]
-    return pd.DataFrame(rows)
+    runs = [(c, t) for c in configs for t in c.runs.values()]
+    runs.sort(key=lambda ct: (ct[0].order, ct[1].number) if repeated else (ct[1].number,))
+    return pd.DataFrame([_row(client, t, c, objective, repeated) for c, t in runs])
 
 
-def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
+def _row(client: Any, t: Any, c: Configuration, objective: ObjectiveSpec, repeated: bool) -> dict[str, Any]:
     metric = objective.metric
     row: dict[str, Any] = {"trial": t.number}
-    if CONFIG in t.user_attrs:  # a seed run of a repeated sweep
-        row.update({"config_id": config_id(int(t.user_attrs[CONFIG])), "repeat": int(t.user_attrs[REPEAT]), "seed": int(t.user_attrs[SEED])})
-    row.update({"state": t.state.name, **from_optuna(t.params), "objective": t.value})
+    if repeated:
+        row.update({"config_id": c.cid, "repeat": int(t.user_attrs.get(REPEAT, 0)), "seed": int(t.user_attrs[SEED])})
+    row.update({"state": t.state.name, **c.params, "objective": t.value})
     run_id = t.user_attrs.get("mlflow_run_id")
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
@@ -92,6 +97,11 @@ def _row(client: Any, t: Any, objective: ObjectiveSpec) -> dict[str, Any]:
             metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
         except Exception:
             pass
+        if repeated and tags and "harness.config_id" not in tags:
+            # a run of the single-seed study this one grew from (more seeds): now a seed run of its configuration
+            MlflowTracker(client, run_id).set_tags({"harness.config_id": c.cid, "harness.config": c.label,
+                                                    "harness.repeat": str(t.user_attrs.get(REPEAT, 0)),
+                                                    "harness.seed": str(t.user_attrs[SEED])})
     history = [m.value for m in client.get_metric_history(run_id, metric) if math.isfinite(m.value)] if metric in metrics else []
     row[f"best_{_slug(metric)}"] = (min(history) if objective.direction == "minimize" else max(history)) if history else None
     row[f"final_{_slug(metric)}"] = metrics.get(f"summary/final_{_slug(metric)}", metrics.get(metric))
@@ -127,91 +137,103 @@ def _trial_verdict(state: str, stop: str | None, final_train_loss: float | None,
     return verdict(final_train_loss, ln_vocab, stop)
 
 
-def configs_table(spec: Spec, table: Any, configs: Any) -> Any:
+def configs_table(spec: Spec, table: Any, configs: Sequence[Configuration]) -> Any:
     """A repeated sweep, one row per configuration: its swept values, state, the mean, standard deviation and 95 % t
-    interval over its finished seed runs of the objective and the headline metrics, and the paired comparison with the
-    best configuration on their shared seeds (see :func:`harness.stats.summarize_groups`)."""
+    interval over its finished seed runs of the objective and the headline metrics, and the comparison with the best
+    configuration (:func:`harness.stats.summarize_groups`: Holm over every pair, family-wise 5 %). A configuration
+    the paired rule stopped says so, with the rule's evidence as its note."""
     import pandas as pd
 
-    from harness.stats import summarize_groups
+    from harness.stats import procedure, summarize_groups
 
     sw = spec.sweep
     assert sw is not None
+    seeds = sw.seed_list(spec.seed)
     lower = sw.objective.direction == "minimize"
     slug = _slug(sw.objective.metric)
     columns = {"objective": lower, f"best_{slug}": lower, f"final_{slug}": lower, "final_train_loss": True, "best_val_accuracy": False}
-    done = table[table["state"] == "COMPLETE"] if "state" in table else table.iloc[0:0]
-    out = summarize_groups(done, group="config_id", pair="seed", columns={c: v for c, v in columns.items() if c in table},
-                           objective="objective") if not done.empty else pd.DataFrame({"config_id": pd.Series(dtype=object)})
+    done = table[(table["state"] == "COMPLETE") & table["seed"].isin(seeds)] if "state" in table else table.iloc[0:0]
+    stopped = [c.cid for c in configs if c.stopped is not None]
+    if done.empty:
+        out = pd.DataFrame({"config_id": pd.Series(dtype=object), "n": pd.Series(dtype=int)})
+    else:
+        out = summarize_groups(done, group="config_id", pair="seed", columns={c: v for c, v in columns.items() if c in table},
+                               objective="objective", stopped=stopped)
     meta = []
-    for ct in configs.get_trials(deepcopy=False):
-        meta.append({"config_id": config_id(ct.number), "config": ct.user_attrs.get(LABEL, ""), **from_optuna(ct.params),
-                     "config_state": ct.state.name, "note": ct.user_attrs.get("fail_reason") if ct.state.name != "COMPLETE" else None})
+    for c in configs:
+        failed = c.failed()
+        note = c.stopped or (failed.user_attrs.get("fail_reason") if failed is not None else None)
+        meta.append({"config_id": c.cid, "config": c.label, **c.params, "config_state": c.state(seeds), "note": note})
     if not meta:
         return out
     merged = pd.DataFrame(meta).merge(out, on="config_id", how="left")
     merged["n"] = merged["n"].fillna(0).astype(int)
+    merged["verdict"] = merged["verdict"].fillna("no finished seed run") if "verdict" in merged else "no finished seed run"
+    merged.loc[merged["config_id"].isin(stopped), "verdict"] = "stopped"
     merged.attrs["best"] = out.attrs.get("best")
+    merged.attrs["procedure"] = out.attrs.get("procedure", procedure(len(configs)))
     return merged
 
 
 def finalize(spec: Spec, opened: OpenStudy, *, uri: str, interrupted: bool) -> SweepResult:
-    """The result table; and, when no trial is left to run or running anywhere, the parent run's final artifacts,
+    """The result tables; and, when no seed run is left to run or running anywhere, the parent run's final artifacts,
     metrics and status (so the parent of a study shared by several invocations ends once, when the study ends).
 
-    A repeated sweep's table has one row per seed run, and ``configs`` one per configuration; its counts and best are
-    configurations'."""
-    from optuna.trial import TrialState
-
+    A plain sweep's counts and best are its trials'; a repeated sweep's are its configurations', and ``configs`` holds
+    one row per configuration."""
     sw = spec.sweep
     assert sw is not None
-    runs_study = opened.queue if opened.queue is not None else opened.study
-    if opened.queue is not None:
-        with study_lock(opened.url, opened.name):  # fold in what the last seed runs left (it is idempotent)
-            Repeats(opened.storage, opened.study, opened.queue, spec, opened.total).settle()
-    table = trials_table(runs_study, objective=sw.objective, uri=uri)
-    configs = configs_table(spec, table, opened.study) if opened.queue is not None else None
+    seeds = sw.seed_list(spec.seed)
+    with study_lock(opened.url, opened.name):  # fold in what the last seed runs left (stops are written once)
+        configs = Scheduler(Attempts(opened.study, opened.storage), spec, opened.total).settle()
+    table = trials_table(configs, objective=sw.objective, uri=uri, repeated=sw.repeated)
+    config_rows = configs_table(spec, table, configs) if sw.repeated else None
     with study_lock(opened.url, opened.name):
-        trials = runs_study.get_trials(deepcopy=False)
-        retried = retried_numbers(trials)
-        live = [t for t in trials if t.number not in retried]
-        running_elsewhere = sum(t.state == TrialState.RUNNING for t in live)
-        unfinished = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in live)
-        units = live if opened.queue is None else opened.study.get_trials(deepcopy=False)
-        counts = {
-            "complete": sum(t.state == TrialState.COMPLETE for t in units),
-            "pruned": sum(t.state == TrialState.PRUNED for t in units),
-            "failed": sum(t.state == TrialState.FAIL for t in units),
-            "running": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in units),
-        }
-        if opened.queue is not None:
-            counts["seed_runs"] = sum(t.state == TrialState.COMPLETE for t in live)
-        best = _best(opened, table, configs) if counts["complete"] else None
+        configs = configurations(opened.study)
+        live = [t for c in configs for t in c.runs.values()]
+        running_elsewhere = sum(t.state.name == "RUNNING" for t in live)
+        unfinished = sum(t.state.name in ("RUNNING", "WAITING") for t in live)
+        states = [c.state(seeds) for c in configs]
+        counts = {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+                  "running": states.count("RUNNING")}
+        if sw.repeated:
+            counts["seed_runs"] = sum(t.state.name == "COMPLETE" for t in live)
+        best = _best(spec, table, config_rows)
         artifacts: list[str] = []
         if running_elsewhere == 0 and (interrupted or unfinished == 0):
-            artifacts = _close_parent(spec, opened, table, best, counts, uri=uri, interrupted=interrupted, configs=configs)
+            artifacts = _close_parent(spec, opened, table, best, counts, uri=uri, interrupted=interrupted, configs=config_rows,
+                                      stopped={c.cid: c.stopped for c in configs if c.stopped})
     return SweepResult(study_name=opened.name, storage=opened.url, parent_run_id=opened.parent_run_id, experiment=spec.experiment,
                        table=table, best=best, interrupted=interrupted, counts=counts, objective=sw.objective.metric,
-                       configs=configs, seeds=sw.seed_list(spec.seed) if sw.repeated else None,
-                       tracking_uri=uri, artifacts=artifacts, still_running=running_elsewhere)
+                       configs=config_rows, seeds=seeds if sw.repeated else None, tracking_uri=uri, artifacts=artifacts,
+                       still_running=running_elsewhere,
+                       procedure=config_rows.attrs.get("procedure", "") if config_rows is not None else "")
 
 
-def _best(opened: OpenStudy, table: Any, configs: Any) -> dict[str, Any]:
-    """The best trial; a repeated sweep's best configuration (the best mean: Optuna's best trial of the study), with
-    its interval and the run of its best seed (what ``harness generate`` and ``init.from`` take from the parent)."""
-    bt = opened.study.best_trial
-    best = {"trial": bt.number, "value": bt.value, "params": from_optuna(bt.params), "run_id": bt.user_attrs.get("mlflow_run_id")}
+def _best(spec: Spec, table: Any, configs: Any) -> dict[str, Any] | None:
+    """A plain sweep's best trial. A repeated sweep's best configuration (the best mean among those that ran the most
+    seeds, as its verdicts are judged), with its interval and the run of its best seed (what ``harness generate`` and
+    ``init.from`` take from the parent). None while nothing has finished."""
+    sw = spec.sweep
+    assert sw is not None
+    lower = sw.objective.direction == "minimize"
+    done = table[(table["state"] == "COMPLETE") & table["objective"].notna()] if "state" in table else table.iloc[0:0]
+    if done.empty:
+        return None
     if configs is None:
-        return best
-    cid = config_id(bt.number)
+        top = done.sort_values("objective", ascending=lower, kind="stable").iloc[0]
+        return {"trial": int(top["trial"]), "value": float(top["objective"]), "params": {p: top[p] for p in sw.params if p in top},
+                "run_id": top["run_id"]}
+    cid = configs.attrs.get("best")
+    if cid is None:
+        return None
     row = configs[configs["config_id"] == cid].iloc[0]
-    runs = table[(table.get("config_id") == cid) & (table["state"] == "COMPLETE")] if "config_id" in table else table.iloc[0:0]
-    lower = opened.study.direction.name == "MINIMIZE"
-    top = runs.sort_values("objective", ascending=lower).iloc[0] if not runs.empty else None
-    best.update({"config_id": cid, "config": row.get("config"), "n": int(row["n"]),
-                 "ci": [float(row.get("objective_ci_low", math.nan)), float(row.get("objective_ci_high", math.nan))],
-                 "run_id": top["run_id"] if top is not None else None, "seed": int(top["seed"]) if top is not None else None})
-    return best
+    runs = done[done["config_id"] == cid]
+    top = runs.sort_values("objective", ascending=lower, kind="stable").iloc[0]
+    return {"trial": int(top["trial"]), "value": float(row["objective_mean"]), "params": {p: row[p] for p in sw.params if p in row},
+            "config_id": cid, "config": row.get("config"), "n": int(row["n"]),
+            "ci": [float(row.get("objective_ci_low", math.nan)), float(row.get("objective_ci_high", math.nan))],
+            "run_id": top["run_id"], "seed": int(top["seed"])}
 
 
 def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
@@ -241,7 +263,7 @@ def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
 
 
 def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any] | None, counts: dict[str, int], *, uri: str,
-                  interrupted: bool, configs: Any = None) -> list[str]:
+                  interrupted: bool, configs: Any = None, stopped: dict[str, str] | None = None) -> list[str]:
     """trials.csv, best_params.json, the curves and objective plots, the count metrics; then end the parent run.
     A repeated sweep adds configs.csv and, per configuration, the mean, std, interval and n of the objective and the
     headline metrics (``c001/objective/mean``, ...)."""
@@ -260,6 +282,9 @@ def _close_parent(spec: Spec, opened: OpenStudy, table: Any, best: dict[str, Any
         metrics.update(_config_metrics(configs))
         metrics["n_seed_runs"] = counts.get("seed_runs", 0)
         tags["harness.best_config"] = (best or {}).get("config_id") or "-"
+        tags["harness.procedure"] = configs.attrs.get("procedure", "")
+        if stopped:  # the paired rule's evidence, per stopped configuration
+            tags["harness.stopped"] = json.dumps(stopped)[:5000]
     artifacts += _log_parent_plots(spec, tracker, table, opened.name)
     tags[DESCRIPTION] = _description(spec, opened.name, table, configs, counts)
     if best is not None and best.get("run_id"):

@@ -1,13 +1,12 @@
 """The study a sweep runs in: created once, joined by every later invocation and every worker, on any machine.
 
-Under the study lock (:func:`harness.sweep.storage.study_lock`), opening a study makes sure that
+Under the study lock (:func:`harness.sweep.claim.study_lock`), opening a study makes sure that
 
-* it remembers the resolved base spec it was made from (a digest and the spec, in its user attributes), and a
-  different spec is refused with what changed;
-* it has one parent MLflow run, shared by every invocation.
-
-Workers take trials under the same lock (:mod:`harness.sweep.worker`), so no grid point runs twice and a study of
-``n_trials`` runs exactly that many, however many workers or machines join.
+* it remembers the resolved base spec it was made from (a digest and the spec, in its user attributes), and a spec
+  that would change a finished run's result is refused with what changed; a spec that only **extends** it (new grid
+  values of a swept path, more seeds) joins it, and only the new seed runs are run;
+* it has one parent MLflow run, shared by every invocation, and an id of its own (``harness.study_id``) that every
+  run of it carries, so that a study started over with ``--fresh`` never shares a table with the one it replaced.
 """
 
 from __future__ import annotations
@@ -15,22 +14,29 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import Issue, SpecError, UsageError
 from harness.spec import ParamRange, Spec, flatten, is_named_corpus, spec_to_dict, spec_to_yaml
-from harness.sweep.storage import make_storage, study_lock
+from harness.sweep.claim import study_lock
+from harness.sweep.storage import is_journal, make_storage
 from harness.tracking import MlflowTracker, check_store, client_for
 from harness.tracking.redact import redact_text, redact_url
 
-__all__ = ["GRID_POINT", "NO_EFFECT_FIELDS", "OpenStudy", "default_study_name", "from_optuna", "grid_points", "open_study", "point_key", "queue_name", "spec_digest", "suggest", "to_optuna", "total_trials"]
+__all__ = ["LAYOUT", "NO_EFFECT_FIELDS", "STUDY_ID", "OpenStudy", "default_study_name", "from_optuna", "grid_points", "open_study",
+           "point_key", "spec_digest", "suggest", "to_optuna", "total_trials"]
 
-GRID_POINT = "harness.grid_point"  # user attribute: which grid point a trial (or configuration) was queued for
+LAYOUT = "harness.layout"  # study user attribute: how its trials are kept ("seed-runs/1": one trial per seed run)
+_LAYOUT = "seed-runs/1"
+STUDY_ID = "harness.study_id"  # study user attribute and MLflow tag: this study, not another of the same name
 
 #: Fields that cannot change what a trial computes: changing them does not make a different study.
 NO_EFFECT_FIELDS = ("tracking.tags", "tracking.sample_tokens", "tracking.sample_prompt", "tracking.log_checkpoints",
                     "tracking.run_name", "sweep.workers", "sweep.n_trials", "sweep.timeout_s", "sweep.storage")
+#: Fields that extend a study rather than change it: more seeds, and (below) a swept path's grid values.
+GROWTH_FIELDS = ("seed", "sweep.repeats", "sweep.seeds")
 
 
 @dataclass
@@ -40,12 +46,12 @@ class OpenStudy:
     name: str
     url: str
     parent_run_id: str
-    total: int  # trials the study runs in all (with repeats: configurations)
-    queue: Any = None  # a repeated sweep's seed queue (optuna.Study; see harness.sweep.repeats), else None
+    total: int  # configurations the sweep runs in all
+    study_id: str = ""
 
 
 def total_trials(spec: Spec, n_trials: int | None, *, file: str | None = None) -> int:
-    """How many trials the sweep runs: ``n_trials``, else ``sweep.n_trials``, else the grid's size."""
+    """How many configurations the sweep runs: ``n_trials``, else ``sweep.n_trials``, else the grid's size."""
     sw = spec.sweep
     assert sw is not None
     total = n_trials or sw.n_trials or (sw.grid_size() if sw.sampler == "grid" else None)
@@ -87,7 +93,8 @@ def suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
     choices = space if isinstance(space, list) else space.choices
     if choices is not None:
         stored = [to_optuna(c) for c in choices]
-        return choices[stored.index(trial.suggest_categorical(path, stored))]
+        picked = trial.suggest_categorical(path, stored)
+        return choices[stored.index(picked)] if picked in stored else from_optuna({path: picked})[path]
     assert isinstance(space, ParamRange)  # a list always has choices
     if space.int is not None:
         lo, hi = space.int
@@ -98,21 +105,32 @@ def suggest(trial: Any, path: str, space: list[Any] | ParamRange) -> Any:
 
 
 def point_key(params: dict[str, Any]) -> str:
-    """A grid point as a comparable string."""
+    """A configuration's values as a comparable string."""
     return json.dumps(params, sort_keys=True, default=str)
 
 
 def _comparable(spec: Spec) -> dict[str, Any]:
-    """The spec's fields that can change a result. A corpus file counts by its content, not its path, so machines
-    that keep the same file in different places run the same study."""
+    """The spec's fields that can change a finished run's result. A corpus file counts by its content, not its path,
+    so machines that keep the same file in different places run the same study. A step cap (HARNESS_MAX_STEPS) counts:
+    a capped smoke run must never stand in for a full one. More seeds and more grid values do not count: they add
+    seed runs without changing any that ran."""
+    from harness.job.build import step_cap
+
     flat = flatten(spec_to_dict(spec))
-    out = {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS)}
+    out = {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in NO_EFFECT_FIELDS + GROWTH_FIELDS)}
+    if spec.sweep is not None and spec.sweep.sampler == "grid":  # a sampler's choices are one fixed distribution in Optuna
+        for k, v in list(out.items()):
+            if k.startswith("sweep.params.") and isinstance(v, list):
+                out[k] = "<grid values>"
     files = {"data.corpus": spec.data.corpus if spec.data.corpus and not is_named_corpus(spec.data.corpus) else None,
              "task.dataset": spec.task.dataset if spec.task.dataset and not spec.task.dataset_is_shipped else None,
              "data.tokenizer.path": spec.data.tokenizer.path}
     for key, path in files.items():
         if path is not None:
             out[key] = f"file with sha256 {_file_digest(path)}"
+    cap = step_cap()
+    if cap is not None:
+        out["HARNESS_MAX_STEPS"] = cap
     return out
 
 
@@ -132,49 +150,45 @@ def spec_digest(spec: Spec) -> str:
     return hashlib.sha256(json.dumps(_comparable(spec), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def default_study_name(spec: Spec) -> str:
+    """The study a spec runs in unless ``--study`` says otherwise: its name, so that repeating a sweep (``--repeats``)
+    or growing its grid extends the study it ran in. Under HARNESS_MAX_STEPS the name says the cap
+    (``lr_sweep-max20steps``): a smoke run gets its own study."""
+    from harness.job.build import step_cap
+
+    cap = step_cap()
+    return spec.name if cap is None else f"{spec.name}-max{cap}steps"
+
+
 def open_study(spec: Spec, *, name: str, url: str, fresh: bool, uri: str, total: int) -> OpenStudy:
     """Create or join the study ``name`` in ``url`` (see the module doc); ``fresh`` deletes an existing one first."""
     import optuna
 
-    from harness.sweep.trial import make_pruner, make_sampler
+    from harness.sweep.pruning import make_pruner
+    from harness.sweep.sampling import make_sampler
 
     sw = spec.sweep
     assert sw is not None
-    if not url.startswith("journal:") and not url.endswith(".log"):
+    if not is_journal(url):
         check_store(url)  # an unreachable database or a missing driver: exit 2 with a message, before anything
     with study_lock(url, name):
         storage = make_storage(url)
         if fresh:
             _retire(name, storage, uri)
         study = optuna.create_study(study_name=name, storage=storage, direction=sw.objective.direction, load_if_exists=True,
-                                    sampler=make_sampler(spec), pruner=make_pruner(spec))
+                                    sampler=make_sampler(spec), pruner=make_pruner(spec, configurations=total))
         if study.direction.name.lower() != sw.objective.direction:
             raise UsageError(f"study '{name}' in {redact_url(url)} was created to {study.direction.name.lower()} its objective; "
                              "start over with --fresh, or pick another study name with --study NAME")
         _check_same_spec(spec, study, name)
-        queue = None
-        if sw.repeated:
-            queue = optuna.create_study(study_name=queue_name(name), storage=storage, direction=sw.objective.direction,
-                                        load_if_exists=True, pruner=optuna.pruners.NopPruner())
         parent = _parent_run(spec, study, uri, name, url)
-    return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total, queue=queue)
-
-
-def default_study_name(spec: Spec) -> str:
-    """The study a spec runs in unless ``--study`` says otherwise: its name, and for a repeated sweep its name and seed
-    count (``lr_sweep-5seeds``), so repeating a sweep that already ran once neither clashes with its study nor needs
-    ``--fresh``."""
-    sw = spec.sweep
-    return f"{spec.name}-{sw.n_seeds}seeds" if sw is not None and sw.repeated else spec.name
-
-
-def queue_name(study_name: str) -> str:
-    """The study that queues a repeated sweep's seed runs (see harness.sweep.repeats)."""
-    return f"{study_name}.seeds"
+    return OpenStudy(study=study, storage=storage, name=name, url=url, parent_run_id=parent, total=total,
+                     study_id=study.user_attrs[STUDY_ID])
 
 
 def _retire(name: str, storage: Any, uri: str) -> None:
-    """--fresh: delete the study; its parent run (if still open) ends KILLED, tagged as superseded."""
+    """--fresh: delete the study; its parent run is tagged superseded (and ends KILLED if still open), so its runs,
+    which keep their old study id, are no longer the study's."""
     import optuna
 
     try:
@@ -183,13 +197,10 @@ def _retire(name: str, storage: Any, uri: str) -> None:
         return
     parent = old.user_attrs.get("mlflow_parent_run_id")
     optuna.delete_study(study_name=name, storage=storage)
-    try:
-        optuna.delete_study(study_name=queue_name(name), storage=storage)  # a repeated sweep's seed runs
-    except KeyError:
-        pass
     if parent:
         client = client_for(uri)
         try:
+            client.set_tag(parent, "harness.superseded", "true")
             if client.get_run(parent).info.status == "RUNNING":
                 client.set_tag(parent, "stop_reason", "superseded")
                 client.set_terminated(parent, status="KILLED")
@@ -200,14 +211,22 @@ def _retire(name: str, storage: Any, uri: str) -> None:
 def _check_same_spec(spec: Spec, study: Any, name: str) -> None:
     """A study belongs to one resolved base spec; running a different one against it would mix two experiments."""
     digest = spec_digest(spec)
-    stored = study.user_attrs.get("harness.spec_digest")
+    attrs = study.user_attrs
+    stored = attrs.get("harness.spec_digest")
     if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise UsageError(f"study '{name}' has trials but no harness spec: it was not made by harness; pick another name with --study")
         study.set_user_attr("harness.spec_digest", digest)
         study.set_user_attr("harness.spec", json.dumps(_comparable(spec), default=str))
+        study.set_user_attr(LAYOUT, _LAYOUT)
+        study.set_user_attr(STUDY_ID, uuid.uuid4().hex[:12])
         return
+    if attrs.get(LAYOUT) != _LAYOUT:
+        raise UsageError(f"study '{name}' was made by an earlier version of harness, which kept its trials differently; start it "
+                         "over with --fresh (its MLflow runs stay), or keep it and use another study name with --study NEW_NAME")
     if stored == digest:
         return
-    before = json.loads(study.user_attrs.get("harness.spec", "{}"))
+    before = json.loads(attrs.get("harness.spec", "{}"))
     now = _comparable(spec)
     changed = [k for k in sorted(set(before) | set(now)) if before.get(k, "<absent>") != now.get(k, "<absent>")]
     lines = [f"  {k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in changed[:12]]
@@ -216,8 +235,8 @@ def _check_same_spec(spec: Spec, study: Any, name: str) -> None:
     raise UsageError(
         f"study '{name}' was made from a different spec; its finished trials would not answer this one. What changed:\n"
         + "\n".join(lines)
-        + f"\nStart the study over with --fresh, or keep both with --study NEW_NAME. (Changes to {', '.join(NO_EFFECT_FIELDS)} "
-        "do not count: they cannot change a trial's result.)"
+        + f"\nStart the study over with --fresh, or keep both with --study NEW_NAME. (More seeds or more grid values extend a "
+        f"study; changes to {', '.join(NO_EFFECT_FIELDS)} do not count: they cannot change a trial's result.)"
     )
 
 
@@ -239,7 +258,7 @@ def _parent_run(spec: Spec, study: Any, uri: str, name: str, url: str) -> str:
                 client.update_run(existing, status="RUNNING")
             return existing
     tags = {**spec.tracking.tags, "harness.role": "sweep", "harness.study": name, "harness.spec_name": spec.name,
-            "harness.storage": redact_url(url), "harness.spec_digest": spec_digest(spec)}
+            "harness.storage": redact_url(url), "harness.spec_digest": spec_digest(spec), STUDY_ID: study.user_attrs[STUDY_ID]}
     tracker = MlflowTracker.start(client, experiment=spec.experiment, run_name=f"{spec.name}-sweep", tags=tags)
     study.set_user_attr("mlflow_parent_run_id", tracker.run_id)  # at once: a later failure leaves no orphan parent
     tracker.log_params({f"sweep.{k}": redact_url(v) if k == "storage" and v else v for k, v in flatten(spec_to_dict(spec)["sweep"]).items()})

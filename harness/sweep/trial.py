@@ -1,5 +1,5 @@
-"""One trial: sampled values -> run spec -> the job (a new MLflow run, or the resumed one of a retried trial) ->
-the objective. Also the sampler and pruner a sweep spec asks for."""
+"""One attempt at a seed run: its configuration's values and seed -> run spec -> the job (a new MLflow run, or the
+resumed one of a retried attempt) -> the objective."""
 
 from __future__ import annotations
 
@@ -9,50 +9,17 @@ from typing import Any, Callable
 
 from harness.errors import HarnessError, SpecError
 from harness.spec import Spec, variant
-from harness.sweep.repeats import CONFIG, REPEAT, SEED, PairedPruner, config_id, config_label
-from harness.sweep.study import suggest
+from harness.sweep.schedule import SeedRun
+from harness.sweep.study import STUDY_ID
 from harness.testing import faults
 from harness.tracking import TrackingError, client_for
 from harness.tracking.liveness import run_is_set_up
+from harness.tracking.records import OBJECTIVE_METRIC
 from harness.tracking.redact import redact_url
 from harness.tracking.tracker import retrying
 from harness.train.events import EvalEnd, Event, StopReason, StopTraining
 
-__all__ = ["RunLookupFailed", "TrialOutcome", "TrialInterrupted", "make_pruner", "make_sampler", "run_trial"]
-
-
-def make_sampler(spec: Spec) -> Any:
-    """The Optuna sampler, seeded by ``sweep.seed`` (else the spec's seed). A grid's points are queued with fixed
-    values, so its sampler never picks; random covers anything left."""
-    import optuna
-
-    sw = spec.sweep
-    assert sw is not None
-    seed = sw.seed if sw.seed is not None else spec.seed
-    if sw.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if sw.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if sw.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def make_pruner(spec: Spec) -> Any:
-    import optuna
-
-    p = spec.sweep.pruner  # type: ignore[union-attr]
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-    if p.name == "percentile":
-        return optuna.pruners.PercentilePruner(percentile=p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-    if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
-    if p.name == "hyperband":  # Optuna's own type hint says int, but it takes "auto" as SuccessiveHalvingPruner does
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)  # type: ignore[arg-type]
-    if p.name == "paired":
-        return PairedPruner(p_threshold=p.p_threshold)
-    return optuna.pruners.NopPruner()
+__all__ = ["RunLookupFailed", "TrialInterrupted", "TrialOutcome", "TrialSettings", "run_trial"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +50,8 @@ class TrialSettings:
     """What every trial of one sweep shares (picklable: spawned workers receive it)."""
 
     study_name: str
+    study_id: str  # the study instance (harness.study_id): a study started over with --fresh gets a new one
+    repeated: bool  # the sweep runs every configuration under several seeds
     parent_run_id: str
     tracking_uri: str
     spec_file: str
@@ -90,35 +59,28 @@ class TrialSettings:
     progress: Callable[[str], Any] | None  # label -> a trainer callback that shows progress, or None
 
 
-def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Callable[[int], str | None] | None = None,
+def run_trial(settings: TrialSettings, trial: Any, base: Spec, run: SeedRun, *,
               watch: Callable[[Event], None] | None = None) -> TrialOutcome:
-    """Run one trial to its end and say how it went. Raises TrialInterrupted on Ctrl-C or SIGTERM (or when ``watch``, a
-    trainer callback of the worker's, stops it as interrupted), and RunLookupFailed when a retry cannot find out
-    whether its run exists.
-
-    A seed run of a repeated sweep (its trial carries its configuration, repeat and seed) runs under its seed, with
-    its configuration in its tags; ``stopped(configuration)`` says why that configuration wants no more seed runs
-    (the paired rule stopped it), and the run then stops at its next evaluation."""
+    """Run attempt ``trial`` at the seed run ``run`` to its end and say how it went. Raises TrialInterrupted on Ctrl-C
+    or SIGTERM (or when ``watch``, a trainer callback of the worker's, stops it as interrupted), and RunLookupFailed
+    when a retry cannot find out whether its run exists. The study's pruner (the paired rule too) is asked at every
+    evaluation."""
     import signal
 
     sw = base.sweep
     assert sw is not None
-    params = {path: suggest(trial, path, space) for path, space in sw.params.items()}
-    seed_run = _SeedRun.of(trial, base, params)
+    names = _Names(settings, trial.number, base, run)
     try:
-        spec = _trial_spec(settings, base, params, trial.number, seed_run)
+        spec = _trial_spec(settings, base, run, names)
     except SpecError as exc:
         return TrialOutcome("FAIL", stop_reason=StopReason.INVALID, fail_reason=exc.render()[:2000])
-    label = f"trial {trial.number}" if seed_run is None else seed_run.progress_label
-    progress = settings.progress(label) if settings.progress else None
+    progress = settings.progress(names.progress) if settings.progress else None
     callbacks: list[Any] = [_Pruning(trial, sw.objective.metric)]
-    if seed_run is not None and stopped is not None:
-        callbacks.append(_ConfigWatch(lambda: stopped(seed_run.config)))  # type: ignore[union-attr]
     if watch is not None:
         callbacks.append(watch)
     faults.point("trial_start")
     try:
-        outcome = _execute(settings, trial, spec, callbacks, progress, seed_run)
+        outcome = _execute(settings, trial, spec, callbacks, progress, names.tags())
     except KeyboardInterrupt:
         raise TrialInterrupted(signal.SIGINT) from None
     except RunLookupFailed:
@@ -139,50 +101,52 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, *, stopped: Calla
                              direction=sw.objective.direction)
     if value is None:
         return TrialOutcome("FAIL", stop_reason=stop, fail_reason=f"the objective metric {sw.objective.metric} was never logged")
+    # The score the sweep judged the run by, on the run itself: results read the same number, whatever its summary
+    # (the best train/loss has no metric of its own).
+    retrying("log the objective", lambda: client_for(settings.tracking_uri).log_metric(run_id, OBJECTIVE_METRIC, value))
     return TrialOutcome("COMPLETE", value=value, stop_reason=stop)
 
 
 @dataclass(frozen=True)
-class _SeedRun:
-    """What a repeated sweep's seed run knows of itself (from its trial's user attributes)."""
+class _Names:
+    """How an attempt's run is named and tagged. A plain sweep's runs are its trials (``lr_sweep-t003``); a repeated
+    sweep's are seed runs of configurations (``lr_sweep-c001-s1338``), tagged so that results group them."""
 
-    config: int  # its configuration's trial number
-    repeat: int
-    seed: int
-    label: str  # the configuration's swept values, readable
-    run_name: str
-
-    @classmethod
-    def of(cls, trial: Any, base: Spec, params: dict[str, Any]) -> _SeedRun | None:
-        attrs = trial.user_attrs
-        if CONFIG not in attrs:
-            return None
-        config, repeat, seed = int(attrs[CONFIG]), int(attrs[REPEAT]), int(attrs[SEED])
-        name = f"{base.name}-{config_id(config)}-s{seed}" if params else f"{base.name}-s{seed}"
-        return cls(config, repeat, seed, config_label(params, base.name), name)
+    settings: TrialSettings
+    number: int
+    base: Spec
+    run: SeedRun
 
     @property
-    def progress_label(self) -> str:
-        return f"{config_id(self.config)} seed {self.seed}"
+    def run_name(self) -> str:
+        if not self.settings.repeated:
+            return f"{self.base.name}-t{self.number:03d}"
+        return f"{self.base.name}-{self.run.cid}-s{self.run.seed}" if self.run.params else f"{self.base.name}-s{self.run.seed}"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.run.cid} seed {self.run.seed}" if self.settings.repeated else f"trial {self.number}"
 
     def tags(self) -> dict[str, str]:
-        return {"harness.config_id": config_id(self.config), "harness.config": self.label, "harness.repeat": str(self.repeat),
-                "harness.seed": str(self.seed)}
+        tags = {"harness.role": "trial", "harness.trial": str(self.number), "harness.study": self.settings.study_name,
+                STUDY_ID: self.settings.study_id}
+        if self.settings.repeated:
+            tags.update({"harness.config_id": self.run.cid, "harness.config": self.run.label, "harness.repeat": str(self.run.repeat),
+                         "harness.seed": str(self.run.seed)})
+        return tags
 
 
-def _trial_spec(settings: TrialSettings, base: Spec, params: dict[str, Any], number: int, seed_run: _SeedRun | None) -> Spec:
-    values = dict(params)
+def _trial_spec(settings: TrialSettings, base: Spec, run: SeedRun, names: _Names) -> Spec:
+    values = dict(run.params)
     if settings.threads:
         values["train.threads"] = settings.threads
-    name = f"{base.name}-t{number:03d}"
-    if seed_run is not None:
-        values["seed"] = seed_run.seed
-        name = seed_run.run_name
-    return variant(base, values, file=f"{settings.spec_file} (trial {number})", run_name=name)
+    if "seed" not in values:  # a plain sweep may sweep the seed itself
+        values["seed"] = run.seed
+    return variant(base, values, file=f"{settings.spec_file} (trial {names.number})", run_name=names.run_name)
 
 
 def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[Any], progress: Any,
-             seed_run: _SeedRun | None = None) -> tuple[str, StopReason, str, str, int | None]:
+             tags: dict[str, str]) -> tuple[str, StopReason, str, str, int | None]:
     """The trial's MLflow run, to its end: (run id, stop reason, status, message, signal).
 
     A retried trial carries the MLflow run of its first attempt: a finished run is only reported (its worker died
@@ -201,8 +165,7 @@ def _execute(settings: TrialSettings, trial: Any, spec: Spec, callbacks: list[An
     else:
         out = job.run(spec, run_id=run.info.run_id if run is not None else None, uri=settings.tracking_uri,
                       parent_run_id=settings.parent_run_id, callbacks=callbacks, progress=progress,
-                      tags={"harness.role": "trial", "harness.trial": str(trial.number), "harness.study": settings.study_name,
-                            **(seed_run.tags() if seed_run is not None else {})},
+                      tags=tags,
                       on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
     return out.run_id, out.stop_reason, out.status, out.message, out.signal
 
@@ -259,7 +222,10 @@ class _Pruning:
         except _study_unreachable():
             return  # no verdict this time; the worker's fence stops the run if the study database stays away
         if prune:
-            raise StopTraining(StopReason.PRUNED, f"pruned by {type(self.trial.study.pruner).__name__} at step {event.step}")
+            pruner = self.trial.study.pruner
+            why = pruner.why(self.trial.study, self.trial) if hasattr(pruner, "why") else None
+            raise StopTraining(StopReason.PRUNED, f"its configuration stopped: {why}" if why else
+                               f"pruned by {type(pruner).__name__} at step {event.step}")
 
 
 def _study_unreachable() -> tuple[type[BaseException], ...]:
@@ -270,22 +236,6 @@ def _study_unreachable() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     return (StorageInternalError, SQLAlchemyError, OSError)
-
-
-class _ConfigWatch:
-    """Trainer callback for a seed run: stop at an evaluation once its configuration wants no more seed runs."""
-
-    def __init__(self, why: Callable[[], str | None]):
-        self.why = why
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, EvalEnd) and event.step > 0:
-            try:
-                reason = self.why()
-            except _study_unreachable():
-                return  # asked again at the next evaluation (see _study_unreachable)
-            if reason is not None:
-                raise StopTraining(StopReason.PRUNED, f"its configuration stopped: {reason}")
 
 
 def _objective_value(client: Any, run_id: str, metric: str, *, summary: str, direction: str) -> float | None:

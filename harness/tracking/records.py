@@ -36,6 +36,7 @@ __all__ = [
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the experiment tag the MLflow UI reads to tell a training experiment from GenAI
 TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning" kind (its enum: genai_development, finetuning, ...)
 DESCRIPTION = "mlflow.note.content"  # a run's (or experiment's) description, rendered as Markdown by the UI
+OBJECTIVE_METRIC = "sweep/objective"  # a sweep's finished run: its objective, as the sweep scored it (results read the same)
 DIRTY = "harness.git_dirty"  # MLflow has no source tag for uncommitted changes: this one says whether there were any
 
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import rel_helpers as H
-from conftest import CHILD_WARNINGS, write_spec
+from conftest import CHILD_WARNINGS, trial_params, write_spec
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -32,9 +32,10 @@ def _grid_spec(corpus, name: str, lrs: list[float], seeds: list[int], steps: int
 
 def _check_sweep(folder, name: str, points: set[tuple], steps: int) -> dict:
     """Every point complete exactly once, in exactly one MLflow child run, with every step logged once."""
-    trials = H.study(folder, name).get_trials()
+    study = H.study(folder, name)
+    trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * len(points), [(t.number, t.state.name, t.user_attrs) for t in trials]
-    got = [(t.params["train.optimizer.lr"], t.params["seed"]) for t in trials]
+    got = [(trial_params(study, t)["train.optimizer.lr"], trial_params(study, t)["seed"]) for t in trials]
     assert sorted(got) == sorted(points), "each grid point exactly once"
     client = H.store(folder)
     runs = H.runs(client, name)

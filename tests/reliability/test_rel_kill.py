@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import rel_helpers as H
-from conftest import write_spec
+from conftest import trial_params, write_spec
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -99,11 +99,12 @@ def test_sweep_survives_kill_9_at_six_points(tmp_path, tiny_corpus):
     # Running the same command again finishes the sweep.
     assert main(["run", str(spec_file), "-q"]) == 0
 
-    trials = H.study(tmp_path, "gauntlet").get_trials()
+    study = H.study(tmp_path, "gauntlet")
+    trials = study.get_trials()
     states = [t.state for t in trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["train.optimizer.lr"] for t in complete) == LRS, "every grid point completes exactly once"
+    assert sorted(trial_params(study, t)["train.optimizer.lr"] for t in complete) == LRS, "every grid point completes exactly once"
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == len(KILLS) and {t.user_attrs["stop_reason"] for t in failed} == {"crashed"}
     retried = {x for t in trials for x in t.system_attrs.get("retry_history", [])}

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import rel_helpers as H
-from conftest import write_spec
+from conftest import trial_params, write_spec
 from optuna.trial import TrialState
 
 from harness.cli import main
@@ -102,9 +102,10 @@ def test_sigterm_and_sigint_checkpoint_end_killed_and_resume(tmp_path, tiny_corp
     monkeypatch.chdir(sweep_folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{sweep_folder}/mlruns/mlflow.db")
     assert main(["run", str(sweep_folder / "spec.yaml"), "-q"]) == 0
-    trials = H.study(sweep_folder, "sweep").get_trials()
+    study = H.study(sweep_folder, "sweep")
+    trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["train.optimizer.lr"] for t in complete) == [3e-3, 1e-2]
+    assert sorted(trial_params(study, t)["train.optimizer.lr"] for t in complete) == [3e-3, 1e-2]
     assert victim.user_attrs["mlflow_run_id"] in {t.user_attrs["mlflow_run_id"] for t in complete}, "the retry resumed the run"
     children = [r for r in H.runs(client, "sweep") if r.data.tags["harness.role"] == "trial"]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)

@@ -34,7 +34,7 @@ import optuna
 import psutil
 import pytest
 import rel_helpers as H
-from conftest import CHILD_WARNINGS, child_env, write_spec
+from conftest import CHILD_WARNINGS, child_env, trial_params, write_spec
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from servers import free_port
@@ -42,7 +42,9 @@ from servers import free_port
 from harness.cli import main
 from harness.spec import spec_from_dict
 from harness.sweep import run_sweep
-from harness.sweep.storage import TrialStore, make_storage
+from harness.sweep.attempts import Attempts
+from harness.train.events import StopReason
+from harness.sweep.storage import make_storage
 from harness.testing import faults
 
 STEPS = 12
@@ -124,13 +126,23 @@ def _trials(url: str, name: str) -> list[Any]:
             engine.dispose()
 
 
-def _fail_as_another_worker(url: str, name: str, number: int) -> None:
-    """What another worker's reaper does to a trial whose heartbeat it found stale: FAIL it (crashed) and queue a
-    retry that continues its MLflow run (harness.sweep.worker.reap_stale, through the same TrialStore call)."""
+def _lrs(url: str, name: str, trials: list[Any]) -> list[float]:
+    """The swept learning rates of ``trials``, sorted (from the study's configuration registry)."""
     storage = make_storage(url)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-        assert TrialStore(storage, name).fail(study, number, stop_reason="crashed", retry=True)
+        return sorted(trial_params(study, t)["train.optimizer.lr"] for t in trials)
+    finally:
+        storage.engine.dispose()
+
+
+def _fail_as_another_worker(url: str, name: str, number: int) -> None:
+    """What another worker's reaper does to a trial whose heartbeat it found stale: FAIL it (crashed) and queue a
+    retry that continues its MLflow run (harness.sweep.attempts.reap, through the same Attempts call)."""
+    storage = make_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert Attempts(study, storage).fail_and_retry(number, stop_reason=StopReason.CRASHED)
     finally:
         storage.engine.dispose()
 
@@ -191,7 +203,7 @@ def test_workers_stop_when_their_driver_is_killed_and_the_next_invocation_resume
     assert main(["run", str(spec), "-q", "--workers", "1"]) == 0
     trials = _trials(url, "orphans")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["train.optimizer.lr"] for t in complete) == lrs, "every grid point completes exactly once"
+    assert _lrs(url, "orphans", complete) == lrs, "every grid point completes exactly once"
     assert len(trials) == 4
     client = H.store(tmp_path)
     runs = _child_runs(client, "orphans")

@@ -122,7 +122,8 @@ def _row(client: Any, t: Any, c: Configuration, objective: ObjectiveSpec, repeat
     row["verdict"] = _trial_verdict(t.state.name, stop, row["final_train_loss"], ln_v, bool(run_id))
     row["ln_vocab"] = ln_v
     row["run_id"] = run_id
-    row["fail_reason"] = t.user_attrs.get("fail_reason")
+    reason = t.user_attrs.get("fail_reason")
+    row["fail_reason"] = redact_text(reason) if isinstance(reason, str) else reason  # a study written before redaction, too
     return row
 
 
@@ -163,6 +164,7 @@ def configs_table(spec: Spec, table: Any, configs: Sequence[Configuration]) -> A
     for c in configs:
         failed = c.failed()
         note = c.stopped or (failed.user_attrs.get("fail_reason") if failed is not None else None)
+        note = redact_text(note) if isinstance(note, str) else note
         meta.append({"config_id": c.cid, "config": c.label, **c.params, "config_state": c.state(seeds), "note": note})
     if not meta:
         return out

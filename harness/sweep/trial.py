@@ -15,7 +15,7 @@ from harness.testing import faults
 from harness.tracking import TrackingError, client_for
 from harness.tracking.liveness import run_is_set_up
 from harness.tracking.records import OBJECTIVE_METRIC
-from harness.tracking.redact import redact_url
+from harness.tracking.redact import redact_text, redact_url
 from harness.tracking.tracker import retrying
 from harness.train.events import EvalEnd, Event, StopReason, StopTraining
 
@@ -73,7 +73,7 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, run: SeedRun, *,
     try:
         spec = _trial_spec(settings, base, run, names)
     except SpecError as exc:
-        return TrialOutcome("FAIL", stop_reason=StopReason.INVALID, fail_reason=exc.render()[:2000])
+        return TrialOutcome("FAIL", stop_reason=StopReason.INVALID, fail_reason=redact_text(exc.render())[:2000])
     progress = settings.progress(names.progress) if settings.progress else None
     callbacks: list[Any] = [_Pruning(trial, sw.objective.metric)]
     if watch is not None:
@@ -86,7 +86,7 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, run: SeedRun, *,
     except RunLookupFailed:
         raise  # not this trial's failure: the worker queues it again
     except HarnessError as exc:
-        return TrialOutcome("FAIL", stop_reason=StopReason.FAILED, fail_reason=str(exc)[:2000])
+        return TrialOutcome("FAIL", stop_reason=StopReason.FAILED, fail_reason=redact_text(str(exc))[:2000])
     finally:
         if progress is not None and hasattr(progress, "close"):
             progress.close()
@@ -96,7 +96,7 @@ def run_trial(settings: TrialSettings, trial: Any, base: Spec, run: SeedRun, *,
     if stop is StopReason.PRUNED:
         return TrialOutcome("PRUNED", stop_reason=stop)
     if status != "FINISHED":
-        return TrialOutcome("FAIL", stop_reason=stop, fail_reason=message or stop.value)
+        return TrialOutcome("FAIL", stop_reason=stop, fail_reason=redact_text(message) if message else stop.value)
     value = _objective_value(client_for(settings.tracking_uri), run_id, sw.objective.metric, summary=sw.objective.summary,
                              direction=sw.objective.direction)
     if value is None:

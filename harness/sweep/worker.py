@@ -131,7 +131,7 @@ def _hand_back(attempts: Attempts, number: int, why: str, url: str) -> None:
     except Exception as exc:
         while exc.__cause__ is not None and isinstance(exc.__cause__, Exception):  # Optuna wraps the driver's error
             exc = exc.__cause__
-        detail = redact_text(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        detail = redact_text(str(exc).strip().splitlines()[0])[:300] if str(exc).strip() else type(exc).__name__
         raise HarnessError(f"{why}; so trial {number} stopped, with a checkpoint (its run ended KILLED, interrupted). The study "
                            f"storage {redact_url(url)} still does not answer ({detail}). Once it does, run the same command again: "
                            "the trial resumes from that checkpoint.") from None

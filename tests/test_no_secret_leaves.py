@@ -28,7 +28,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from conftest import child_env, make_spec, write_spec
-from servers import ServerUnavailable, _unavailable, find_postgres_binaries, free_port, start_mlflow_server
+from servers import ServerUnavailable, _unavailable, free_port, start_mlflow_server
 
 
 def _auth_extras() -> None:
@@ -179,7 +179,7 @@ def _serve_ui(lab: SimpleNamespace, printed: list[str], cmdlines: list[str]) -> 
     """`harness ui` on a password database: its server's command line, and every process it starts, seen while it
     runs; then Ctrl-C."""
     port = free_port()
-    env = _env(lab, MLFLOW_TRACKING_URI=lab.ui_store)
+    env = _env(lab, MLFLOW_TRACKING_URI=lab.ui_store, PYTHONWARNINGS="")  # a third-party server: its warnings are not errors
     dry = _harness(lab, printed, "ui", "--port", str(port), "--dry-run", env=env)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--port", str(port)], cwd=lab.project, env=env,
@@ -207,11 +207,19 @@ def _serve_ui(lab: SimpleNamespace, printed: list[str], cmdlines: list[str]) -> 
 
 
 def _dump(lab: SimpleNamespace, db: str) -> str:
-    pg_dump = find_postgres_binaries() / "pg_dump"
-    done = subprocess.run([str(pg_dump), "-h", "127.0.0.1", "-p", str(lab.pg.port), "-U", "harness", "-d", db],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """Every row of every table in ``db``, as text (each row as PostgreSQL renders it), read as the superuser."""
+    import psycopg
+    from psycopg import sql
+
+    rows = []
+    with psycopg.connect(lab.pg.libpq_url(db)) as conn:
+        tables = conn.execute("select table_schema, table_name from information_schema.tables "
+                              "where table_schema not in ('pg_catalog', 'information_schema')").fetchall()
+        for schema, table in tables:
+            query = sql.SQL("select t::text from {}.{} t").format(sql.Identifier(schema), sql.Identifier(table))
+            rows += [f"{schema}.{table}: {r[0]}" for r in conn.execute(query)]
+    assert rows, f"database {db} holds nothing"
+    return "\n".join(rows)
 
 
 def _spellings(secret: str) -> set[str]:

@@ -147,7 +147,7 @@ def _harness(lab: SimpleNamespace, printed: list[str], *args: str, env: dict[str
                 proc.kill()
             time.sleep(0.1)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
-    printed.append(f"$ harness {' '.join(args)}\n{done.stdout}{done.stderr}")
+    printed.append(done.stdout + done.stderr)  # what harness printed (not the test's own command line)
     return done
 
 
@@ -202,7 +202,7 @@ def _serve_ui(lab: SimpleNamespace, printed: list[str], cmdlines: list[str]) -> 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-        printed.append(f"$ harness ui\n{out}")
+        printed.append(out)
     assert ready, f"harness ui never became ready:\n{out}"
 
 

@@ -72,7 +72,9 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
         raise UsageError(f"--port must be between 1 and 65535 (got {port})")
     if not port_free(host, port):
         raise UsageError(f"port {port} on {host} is already in use (another `harness ui`?); pick another with --port")
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--default-artifact-root", str(artifacts),
+    # The backend store goes through the environment (MLflow's --backend-store-uri reads MLFLOW_BACKEND_STORE_URI), not
+    # argv: every local user reads a process's command line (ps, /proc/PID/cmdline), only its owner its environment.
+    argv = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", str(artifacts),
             "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
             "--workers", str(workers)]
     if host not in _MLFLOW_DEFAULT_HOSTS:
@@ -88,7 +90,8 @@ def ui_plan(*, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
     # the user's): one StarletteDeprecationWarning per worker on every start. Filter that one message.
     quiet = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
     inherited = os.environ.get("PYTHONWARNINGS")
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": f"{inherited},{quiet}" if inherited else quiet}
+    env = {"MLFLOW_BACKEND_STORE_URI": backend, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PYTHONWARNINGS": f"{inherited},{quiet}" if inherited else quiet}
     warnings = [] if is_loopback(host) else [_exposed_warning(host, "the MLflow UI")]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"

@@ -611,9 +611,13 @@ def _http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def start_mlflow_server(base_dir: Path, backend_store_uri: str, *, timeout: float = 180.0) -> MlflowServer:
+def start_mlflow_server(base_dir: Path, backend_store_uri: str, *, timeout: float = 180.0, app_name: str | None = None,
+                        extra_env: dict[str, str] | None = None) -> MlflowServer:
     """Start ``python -m mlflow server`` on 127.0.0.1:<free port> with proxied artifacts in BASE_DIR/artifacts and
-    wait until ``GET /health`` answers 200. RuntimeError with the log tail if it exits or the deadline passes."""
+    wait until ``GET /health`` answers 200. RuntimeError with the log tail if it exits or the deadline passes.
+
+    ``app_name`` is ``mlflow server --app-name`` (``basic-auth``: MLflow's login, configured by the file in
+    ``extra_env["MLFLOW_AUTH_CONFIG_PATH"]``); ``extra_env`` is added to the server's environment."""
     base_dir = Path(base_dir).resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
     artifacts_dir = base_dir / "artifacts"
@@ -627,6 +631,7 @@ def start_mlflow_server(base_dir: Path, backend_store_uri: str, *, timeout: floa
     # StarletteDeprecationWarning (a UserWarning subclass). No mlflow flag avoids that import; filter it by message.
     quiet = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
     env["PYTHONWARNINGS"] = f"{env['PYTHONWARNINGS']},{quiet}" if env.get("PYTHONWARNINGS") else quiet
+    env.update(extra_env or {})
 
     last_error: BaseException | None = None
     for attempt in range(3):  # retry only when the port was taken between free_port() and uvicorn's bind
@@ -648,6 +653,7 @@ def start_mlflow_server(base_dir: Path, backend_store_uri: str, *, timeout: floa
             str(port),
             "--workers",
             "1",
+            *(["--app-name", app_name] if app_name else []),
         ]
         t0 = time.monotonic()
         with open(log_path, "ab") as log:

@@ -104,3 +104,66 @@ def test_a_broken_sweeps_parent_run_keeps_the_error_without_a_password(tmp_path,
     run = client_for(uri).get_run(opened.parent_run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["harness.message"] == "HarnessError: the study database postgresql://u:***@db-host/optuna went away"
+
+
+# -- issue 27: every shape a secret takes in a URL, and secrets harness was handed wherever they appear ----------------
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://ghp_Tok3nSecret@github.com/org/repo.git", "https://***@github.com/org/repo.git"),  # a token as the user part
+    ("https://x-access-token:ghp_Tok3nSecret@github.com/o/r.git", "https://x-access-token:***@github.com/o/r.git"),
+    ("git+https://ghp_Tok3nSecret@github.com/o/r.git", "git+https://***@github.com/o/r.git"),
+    ("https://ghp_Tok3nSecret@mlflow.example.com:8443/", "https://***@mlflow.example.com:8443/"),
+    ("postgresql://u:pa'ss\"Secret@h/db", "postgresql://u:***@h/db"),  # quotes in the password
+    ("postgresql://u:pa ssSecret@h/db", "postgresql://u:***@h/db"),  # white space: SQLAlchemy reads it
+    ("postgresql://u:pa/ssSecret@h/db", "postgresql://u:***@h/db"),  # a raw slash: SQLAlchemy reads it
+    ("postgresql://u:p@ssSecret@h/db", "postgresql://u:***@h/db"),  # a raw @: hidden up to the last one
+    ("postgresql+psycopg://u:p%27w%20Secret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+    ("https://a:pa'ssSecret@m.example.com/", "https://a:***@m.example.com/"),
+    ("redis://:pwSecret@h:6379/0", "redis://:***@h:6379/0"),
+    ("postgresql://h/db?sslpassword=pwSecret&sslmode=require", "postgresql://h/db?sslmode=require&sslpassword=%2A%2A%2A"),  # SQLAlchemy sorts
+    ("https://h/api?access_token=pwSecret&x=1", "https://h/api?access_token=***&x=1"),
+    ("https://h/api?api_key=pwSecret", "https://h/api?api_key=***"),
+    ("https://bucket.s3.amazonaws.com/k?X-Amz-Signature=pwSecret&X-Amz-Expires=60", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=***&X-Amz-Expires=60"),
+])
+def test_every_secret_in_a_url_is_hidden(url, shown):
+    assert redact_url(url) == shown
+    assert "Secret" not in shown and "Tok3n" not in shown and is_redacted(shown) and not is_redacted(url)
+    assert redact_url(shown) == shown  # redacting twice changes nothing
+
+
+@pytest.mark.parametrize("url", ["ssh://git@github.com/org/repo.git", "git+ssh://git@github.com/o/r.git", "postgresql://harness@h/db",
+                                 "mysql://root@h/db", "https://github.com/org/repo.git"])
+def test_a_login_name_is_not_a_secret(url):
+    assert redact_url(url) == url and not is_redacted(url)
+
+
+def test_a_password_with_a_quote_is_hidden_inside_a_message():
+    msg = "cannot open 'postgresql://u:pa'ssSecret@h/db': refused; origin https://ghp_Tok3nSecret@github.com/o/r.git"
+    shown = redact_text(msg)
+    assert shown == "cannot open 'postgresql://u:***@h/db': refused; origin https://***@github.com/o/r.git"
+
+
+def test_a_secret_harness_was_handed_is_hidden_wherever_it_appears(monkeypatch):
+    """The secrets of the command line's URLs and of the credential variables are replaced anywhere in a text: in
+    a URL cut short, after a word, percent-encoded."""
+    from harness.tracking.redact import remember
+
+    monkeypatch.setattr(sys, "argv", ["harness", "run", "x.yaml", "--storage", "postgresql://u:Arg v'Secret@h/db"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "EnvPassSecret")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "EnvTokenSecret")
+    monkeypatch.setenv("PGPASSWORD", "PgPassSecret")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:UriPw%40Secret@m.example.com")
+    remember("https://ghp_OriginSecret@github.com/o/r.git")
+    text = ("failed: password 'Arg v'Secret' for postgresql://u:Arg%20v%27Secret@h/d (cut), EnvPassSecret/EnvTokenSecret, "
+            "PgPassSecret, UriPw@Secret, ghp_OriginSecret")
+    shown = redact_text(text)
+    assert "Secret" not in shown, shown
+    assert redact_text("nothing secret here") == "nothing secret here"
+
+
+def test_a_command_line_is_stored_without_its_secrets():
+    from harness.tracking.redact import redact_argv
+
+    argv = ["harness", "run", "s.yaml", "--storage", "postgresql://u:pa ss'Secret@h/db", "--storage=mysql://r:pwSecret@h/db", "-q"]
+    assert redact_argv(argv) == ["harness", "run", "s.yaml", "--storage", "postgresql://u:***@h/db", "--storage=mysql://r:***@h/db", "-q"]

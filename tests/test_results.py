@@ -183,7 +183,7 @@ def test_cli_results_table_sort_top_and_exports(in_sweep: SimpleNamespace, tmp_p
     rc = main(["results", in_sweep.study, "--sort", "val/loss", "--top", "2", "--csv", str(csv), "--parquet", str(pq)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "train.optimizer.lr" in out and "best/val/loss" in out and in_sweep.trials[0] in out
+    assert "train.optimizer.lr" in out and "best/val/loss" in out and in_sweep.trials[0][:8] in out
     assert in_sweep.trials[2] not in out  # lr 1e-6 has the worst val/loss: cut by --top 2
     assert "2 runs, sorted by val/loss" in out
     from_csv = pd.read_csv(csv)
@@ -244,7 +244,9 @@ def test_ui_plan_is_lean_and_loopback(in_sweep: SimpleNamespace) -> None:
     argv = plan.argv
     assert argv is not None and argv[1:4] == ["-m", "mlflow", "server"]
     assert argv[argv.index("--workers") + 1] == "1" and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{(in_sweep.dir / 'mlruns' / 'mlflow.db').resolve()}"
+    # the store reaches the server through its environment, never its command line (issue 27)
+    assert "--backend-store-uri" not in argv
+    assert plan.env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{(in_sweep.dir / 'mlruns' / 'mlflow.db').resolve()}"
     assert "--serve-artifacts" in argv and plan.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert plan.warnings == [] and plan.url.startswith("http://127.0.0.1:")
     exposed = serve.ui_plan(host="0.0.0.0", port=free_port())
@@ -261,7 +263,8 @@ def test_ui_busy_port_and_dry_run(in_sweep: SimpleNamespace, capsys: pytest.Capt
         assert main(["ui", "--port", str(port)]) == 2
         assert "already in use" in capsys.readouterr().err
     assert main(["ui", "--port", str(free_port()), "--dry-run"]) == 0
-    assert "-m mlflow server --backend-store-uri sqlite:///" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "MLFLOW_BACKEND_STORE_URI=sqlite:///" in out and "-m mlflow server --default-artifact-root" in out
 
 
 def test_dashboard_plan_and_missing_package(in_sweep: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,

@@ -12,6 +12,7 @@ import argparse
 import os
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from harness import collector
 from harness.cli import generate, info, results, run, serve
@@ -21,10 +22,20 @@ from harness.errors import HarnessError
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (``unrecognized arguments: --storage postgresql://u:PASSWORD@...``, an
+    invalid choice) quote the command line: they are printed redacted, like every other message."""
+
+    def error(self, message: str) -> NoReturn:
+        from harness.cli.output import shown_text
+
+        super().error(shown_text(message))  # the command line's secrets are known to redact (see main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
 
-    p = argparse.ArgumentParser(prog="harness", description="Train small GPTs from YAML specs, tracked in MLflow, swept with Optuna.")
+    p = _Parser(prog="harness", description="Train small GPTs from YAML specs, tracked in MLflow, swept with Optuna.")
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (run, info, results, serve, generate):
@@ -40,6 +51,10 @@ _SETS_UP_A_RUN = frozenset({"run", "resume"})
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit code. As the ``harness`` script (no ``argv``), the process ends right
     after: see :func:`_before_exit`."""
+    if argv is not None:  # called in-process: the URLs given here are this command line's (as sys.argv's are)
+        from harness.tracking.redact import remember
+
+        remember(*(a.partition("=")[2] if a.startswith("-") else a for a in argv if "://" in a))
     args = build_parser().parse_args(argv)
     if argv is None and args.command in _SETS_UP_A_RUN:
         collector.pause()  # see harness.collector; the job resumes it just before the first training step

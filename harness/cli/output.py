@@ -44,7 +44,7 @@ def shown_text(text: str) -> str:
 def print_run_summary(out: Any) -> None:
     f = out.facts
     head = {"FINISHED": "finished", "FAILED": "FAILED", "KILLED": "stopped"}.get(out.status, out.status)
-    print(f"\nrun {out.run_id} {head}: stop_reason={out.stop_reason}" + (f" ({out.message})" if out.message else ""))
+    print(f"\nrun {out.run_id} {head}: stop_reason={out.stop_reason}" + (f" ({shown_text(out.message)})" if out.message else ""))
     epochs = f" ({out.epochs} epochs)" if out.epochs else ""
     print(f"  steps        {out.steps}{epochs} in {out.wall_time_s:.1f}s")
     if "val/loss" in out.final or out.watch == "val/loss":
@@ -115,7 +115,7 @@ def print_sweep_summary(result: Any) -> None:
         print(f"best trial {result.best['trial']}: {result.objective} = {result.best['value']:.4f} with {result.best['params']}")
     failed = df[df["fail_reason"].notna()] if "fail_reason" in df else df.iloc[0:0]
     for _, row in failed.iterrows():
-        print(f"  trial {row['trial']} failed: {shown_text(str(row['fail_reason']).splitlines()[0][:300])}")
+        print(f"  trial {row['trial']} failed: {shown_text(str(row['fail_reason']).splitlines()[0])[:300]}")
     print(f"parent run {result.parent_run_id}; study '{result.study_name}' in {shown_url(result.storage)}")
     print(f"tracking: {shown_url(result.tracking_uri)}")
     if result.still_running:
@@ -166,7 +166,7 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
     s = str(v)
-    return "-" if s in ("<NA>", "NaT", "nan", "None") else s
+    return "-" if s in ("<NA>", "NaT", "nan", "None") else shown_text(s)  # a fail_reason, a note: no secret printed
 
 
 def print_frame(df: Any, *, index: bool = False) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.cli.output import print_frame, shown_url
+from harness.cli.output import print_frame, shown_text, shown_url
 from harness.errors import UsageError
 
 __all__ = ["add_commands"]
@@ -29,6 +29,8 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--include-parents", action="store_true", help="include sweep parent runs")
     r.add_argument("--init-from", dest="init_from", metavar="RUN", help="only the runs finetuned from this run")
     r.add_argument("--runs", action="store_true", help="repeated seeds: one row per seed run instead of one per configuration")
+    r.add_argument("--storage", metavar="URL", help="the Optuna storage of the studies named (default: HARNESS_STUDY_STORAGE, else the "
+                                                    "one the sweep recorded); their failed trials' reasons are listed under the table")
     r.set_defaults(fn=cmd_results)
 
     c = sub.add_parser("compare", help="runs side by side (differing params, metrics, overlaid curves PNG); or two groups of seed runs: "
@@ -117,6 +119,7 @@ def cmd_results(args: argparse.Namespace) -> int:
           + ("" if args.all_columns else f"; {len(shown.columns)} of {len(df.columns)} columns"
              + (f", {hidden} more did not fit" if hidden else "") + " (--all-columns, --csv or --parquet for the rest)"))
     print(f"store: {shown_url(uri)}")
+    _print_failed_trials(args, df, uri)
     for path in (args.csv, args.parquet):
         if path:
             print(f"wrote {path}")
@@ -135,6 +138,27 @@ def _fit(df: Any) -> tuple[Any, int]:
         df = df.iloc[:, :-1]
         dropped += 1
     return df, dropped
+
+
+def _print_failed_trials(args: argparse.Namespace, df: Any, uri: str) -> None:
+    """With a study storage (--storage or HARNESS_STUDY_STORAGE): the failed trials of each study named, with their
+    reasons, from the study itself (a trial that failed before its MLflow run began has no row above)."""
+    import os
+
+    from harness import results
+
+    storage = args.storage or os.environ.get("HARNESS_STUDY_STORAGE")
+    if not storage or "study" not in df:
+        return
+    named = [s for s in args.selector if s in set(df["study"].dropna())]
+    for name in named:
+        trials = results.study(name, storage=storage, uri=uri)
+        failed = trials[(trials["state"] == "FAIL") & ~trials["superseded"]] if "state" in trials else trials.iloc[0:0]  # retried: not failed
+        print(f"study '{name}' in {shown_url(trials.attrs['storage'])}: {len(trials)} trials, {len(failed)} failed")
+        reasons = failed["user_attrs_fail_reason"] if "user_attrs_fail_reason" in failed else [None] * len(failed)
+        for number, reason in zip(failed["number"], reasons):
+            text = str(reason).splitlines()[0] if isinstance(reason, str) and reason else "-"
+            print(f"  trial {number} failed: {shown_text(text)[:300]}")
 
 
 def _top_and_export(df: Any, args: argparse.Namespace) -> Any:

@@ -15,6 +15,7 @@ from harness.testing import faults
 from harness.tracking import TrackingError
 from harness.tracking.protocol import Tracker
 from harness.tracking.records import DatasetRecord
+from harness.tracking.redact import redact_text
 from harness.train.events import StopReason, TrainResult
 
 __all__ = ["FinishSignals", "Interrupted", "finish"]
@@ -93,7 +94,7 @@ def finish(spec: Spec, tracker: Tracker, built: Built, result: TrainResult, *, r
                 raise
             except Exception as exc:  # a convenience, like the plots: the run still ends with its status
                 model = None
-                tracker.set_tags({"harness.model_error": f"{type(exc).__name__}: {exc}"[:2000]})
+                tracker.set_tags({"harness.model_error": redact_text(f"{type(exc).__name__}: {exc}")[:2000]})
             _log_summary(tracker, result, built.trainer.watch, model=model)
             _tag_outcome(tracker, result, facts)
             _extras(spec, tracker, built, result)
@@ -152,7 +153,7 @@ def _extras(spec: Spec, tracker: Tracker, built: Built, result: TrainResult) -> 
         except Exception as exc:
             problems.append(f"{name}: {type(exc).__name__}: {exc}")
     if problems:
-        tracker.set_tags({"harness.finish_error": " | ".join(problems)[:5000]})
+        tracker.set_tags({"harness.finish_error": redact_text(" | ".join(problems))[:5000]})
 
 
 def _log_sample(spec: Spec, tracker: Tracker, built: Built) -> None:
@@ -222,7 +223,7 @@ def _tag_outcome(tracker: Tracker, result: TrainResult, facts: dict[str, Any]) -
         chance = ("ln(labels)", facts["ln_labels"]) if "ln_labels" in facts else ("ln(vocab)", facts["ln_vocab"])
         tags["harness.sanity"] = f"step-0 loss {facts['initial_loss']:.4f} vs {chance[0]} {chance[1]:.4f}"
     if result.message:
-        tags["harness.message"] = result.message[:5000]
+        tags["harness.message"] = redact_text(result.message)[:5000]  # redacted before the cut
     tracker.set_tags(tags)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from harness.job.source import MODEL_FILE
 from harness.spec import Spec, is_named_corpus, spec_to_yaml
+from harness.tracking.redact import redact_text
 from harness.tracking.records import DatasetRecord, ModelRecord
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def model_folder(folder: Path, spec: Spec, checkpoint: Path, tokenizer: Tokenize
     trainer = state.get("trainer") or {}
     step = int(trainer.get("step") or 0)
     torch.save({"format": 1, "model": state["model"], "trainer": {"step": step}, "meta": state.get("meta") or {}}, folder / MODEL_FILE)
-    (folder / "spec.yaml").write_text(spec_to_yaml(spec), encoding="utf-8")
+    (folder / "spec.yaml").write_text(redact_text(spec_to_yaml(spec)), encoding="utf-8")  # uploaded: no secret in it
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False), encoding="utf-8")
     if labels:
         (folder / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")

@@ -27,6 +27,7 @@ from harness.tracking import MlflowTracker, check_store, client_for, tracking_ur
 from harness.tracking.liveness import owner_tags, reap_stale_runs, run_is_live
 from harness.tracking.protocol import Tracker
 from harness.tracking.records import DESCRIPTION, git_state
+from harness.tracking.redact import redact_text
 from harness.tracking.store import parse_store_url
 from harness.tracking.tracker import staging_root
 from harness.tracking.lookup import resolve_run_id
@@ -163,7 +164,8 @@ def _abandon_setup(tracker: Tracker, *, created: bool) -> None:
 
 
 def _end_failed(tracker: Tracker, message: str) -> None:
-    tracker.set_tags({"stop_reason": StopReason.FAILED.value, "harness.message": message[:5000]})
+    # redacted before the cut (the tracker redacts too, but a URL cut in half would no longer be recognised)
+    tracker.set_tags({"stop_reason": StopReason.FAILED.value, "harness.message": redact_text(message)[:5000]})
     tracker.end("FAILED")
 
 
@@ -324,7 +326,7 @@ def _restore(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]
             if got.is_file() and got != ckpt_dir / "last.pt":  # where MLflow puts a downloaded file differs by version
                 got.replace(ckpt_dir / "last.pt")
         except Exception as exc:
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            detail = redact_text(str(exc).strip().splitlines()[0])[:200] if str(exc).strip() else type(exc).__name__
             problems.append(f"no checkpoint in {ckpt_dir} and none could be fetched from the tracking server ({detail})")
     for stray in ckpt_dir.glob(".*.tmp"):  # temp files of writes that a killed process never finished
         stray.unlink(missing_ok=True)
@@ -345,7 +347,7 @@ def _restore(spec: Spec, tracker: Tracker, callbacks: list[Callable[[Any], None]
     if dist is not None:
         _share_start(spec, built, loaded, dist, uri=tracker.tracking_uri)
     if problems:
-        tracker.set_tags({"harness.resume_warnings": " | ".join(problems)[:5000]})
+        tracker.set_tags({"harness.resume_warnings": redact_text(" | ".join(problems))[:5000]})
         for p in problems:
             say(f"warning: {p}" + ("; falling back to an earlier checkpoint" if loaded else ""))
     if loaded is None:

@@ -206,6 +206,7 @@ def export(df: Any, path: str | Path) -> Path:
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+    df = _redacted(df)
     if path.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -217,6 +218,20 @@ def export(df: Any, path: str | Path) -> Path:
     else:
         raise UsageError(f"{path}: export as .csv or .parquet")
     return path
+
+
+def _redacted(df: Any) -> Any:
+    """``df`` with every text cell redacted (a trial's fail_reason, a configuration's note quote error messages, which
+    may name a URL with its password): an export is a file in the project folder, shared and committed."""
+    from harness.tracking.redact import redact_value
+
+    text = [c for c in df.columns if df[c].dtype == object]
+    if not text:
+        return df
+    out = df.copy()
+    for c in text:
+        out[c] = [redact_value(v) for v in out[c]]
+    return out
 
 
 def _for_parquet(df: Any) -> Any:

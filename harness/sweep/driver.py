@@ -23,7 +23,7 @@ from harness.sweep.worker import WorkerPlan, run_workers, start_workers_early, w
 from harness.testing import faults
 from harness.tracking import check_store, tracking_uri
 from harness.tracking.liveness import reap_stale_runs
-from harness.tracking.redact import redact_url
+from harness.tracking.redact import redact_url, remember
 
 __all__ = ["SweepStart", "run_sweep"]
 
@@ -76,6 +76,7 @@ def run_sweep(
     validate_data(spec, file=spec_file)
     name = study_name or default_study_name(spec)
     url = storage_url(storage or sw.storage, name)  # a SQLite file under studies/ is created only once the inputs are known good
+    remember(url)  # its password, however it was given (the spec, the environment), is hidden wherever it would appear
     reap_stale_runs(client_for(uri))
     runs = total * sw.n_seeds  # a repeated sweep runs every configuration under each seed
     if (asked or auto_workers(spec, runs)) > 1:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.tracking.redact import redact_url
+from harness.tracking.redact import redact_argv, redact_url, remember
 
 __all__ = [
     "DESCRIPTION",
@@ -81,7 +81,9 @@ def system_metrics_enabled() -> bool:
 
 
 def _command(argv: list[str]) -> str:
-    """The command line as a person typed it: ``harness run x.yaml`` rather than ``/path/to/venv/bin/harness run x.yaml``."""
+    """The command line as a person typed it: ``harness run x.yaml`` rather than ``/path/to/venv/bin/harness run x.yaml``,
+    without its secrets (``--storage postgresql://u:***@host/db``: the tag is stored on every run). Redacted before
+    it is cut to 500 characters, so no cut-off URL keeps a piece of its password."""
     if not argv:
         return "python"
     first = Path(argv[0]).name
@@ -89,7 +91,7 @@ def _command(argv: list[str]) -> str:
         first = "python -m harness"
     elif first in ("-c", ""):
         first = "python -c"
-    return " ".join([first, *(shlex.quote(a) for a in argv[1:])])[:500]
+    return " ".join([first, *(shlex.quote(a) for a in redact_argv(argv[1:]))])[:500]
 
 
 def _git(*args: str) -> str | None:
@@ -113,6 +115,7 @@ def git_state() -> dict[str, str]:
         tags["mlflow.source.git.branch"] = branch
     origin = _git("config", "--get", "remote.origin.url")
     if origin:
+        remember(origin)  # a token in the origin (https://TOKEN@github.com/...) is hidden in git's own messages too
         tags["mlflow.source.git.repoURL"] = redact_url(origin)
     status = _git("status", "--porcelain", "--untracked-files=no")
     if status is not None:

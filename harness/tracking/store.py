@@ -166,28 +166,75 @@ def _check_sql(uri: str) -> None:
     except ImportError as exc:
         raise TrackingError(f"the database driver for {redact_url(uri)} is not installed ({exc}); install it with: {POSTGRES_INSTALL}") from None
     except Exception as exc:
-        raise TrackingError(f"cannot use the store {redact_url(uri)}: {redact_text(str(exc).splitlines()[0][:300])}") from None
+        raise TrackingError(f"cannot use the store {redact_url(uri)}: {redact_text(str(exc).splitlines()[0])[:300]}") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:
-        reason = redact_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300])
+        reason = redact_text(str(getattr(exc, "orig", exc)).strip().splitlines()[0])[:300]
         raise TrackingError(f"the database {redact_url(uri)} is not reachable ({reason}); start it or fix the URL") from None
     finally:
         engine.dispose()
 
 
 def _check_http(uri: str) -> None:
+    """The server answers its health check, and takes this process's credentials (a search of one experiment): a
+    wrong password is said here, once, rather than as the first write's error deep in a run.
+
+    The credentials are MLflow's: a ``user:password@`` in the URI (urllib cannot open such a URL: they go into an
+    Authorization header, as ``requests`` does for MLflow's client), else ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD``, else ``MLFLOW_TRACKING_TOKEN`` (a bearer token)."""
     import urllib.error
     import urllib.request
 
-    url = uri.rstrip("/") + "/health"
+    base, headers = _http_auth(uri)
+    timeout = float(os.environ.get("HARNESS_TRACKING_TIMEOUT", "5"))
+    shown = redact_url(uri)
     try:
-        with urllib.request.urlopen(url, timeout=float(os.environ.get("HARNESS_TRACKING_TIMEOUT", "5"))) as resp:
+        with urllib.request.urlopen(urllib.request.Request(base + "/health", headers=headers), timeout=timeout) as resp:
             resp.read(64)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TrackingError(f"the MLflow tracking server at {redact_url(uri)} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI") from None
+        reason = redact_text(str(getattr(exc, "reason", exc)))
+        raise TrackingError(f"the MLflow tracking server at {shown} is not reachable ({reason}); start it or set MLFLOW_TRACKING_URI") from None
+    probe = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout) as resp:
+            resp.read(64)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            given = "the user and password in MLFLOW_TRACKING_URI" if "Authorization" in headers and "@" in uri.partition("://")[2].split("/", 1)[0] \
+                else "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_USERNAME") \
+                else "MLFLOW_TRACKING_TOKEN" if os.environ.get("MLFLOW_TRACKING_TOKEN") else None
+            what = (f"refused the credentials in {given} (HTTP {exc.code})" if given else
+                    f"asks for a login (HTTP {exc.code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+            raise TrackingError(f"the MLflow tracking server at {shown} {what}") from None
+        # another answer (an old server without the search API, a proxy's page): the run's own calls will say more
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+
+
+def _http_auth(uri: str) -> tuple[str, dict[str, str]]:
+    """``uri`` without its user part, and the Authorization header MLflow's client would send to it."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri.rstrip("/"))
+    headers: dict[str, str] = {}
+    user, password = None, None
+    try:
+        user, password = parts.username, parts.password
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        host = parts.netloc.rpartition("@")[2]
+    base = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    if user is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        user, password = os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if user is not None:
+        pair = f"{unquote(user)}:{unquote(password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    return base, headers
 
 
 # ----------------------------------------------------------------------------------------------------------- client

@@ -23,7 +23,7 @@ from harness.testing import faults
 from harness.tracking.folders import private_folder, user_temp_folder
 from harness.tracking.records import (DESCRIPTION, EXPERIMENT_KIND, TRAINING_KIND, DatasetRecord, ModelRecord, dataset_json, source_tags,
                                       system_metrics_enabled)
-from harness.tracking.redact import redact_text
+from harness.tracking.redact import redact_text, redact_value
 from harness.tracking.store import TrackingError
 
 __all__ = ["MlflowTracker", "PENDING", "checkpoint_dir_for", "local_artifact_dir", "retrying", "staging_root"]
@@ -112,7 +112,7 @@ def retrying(what: str, call: Callable[[], T], *, retries: int | None = None, ba
         try:
             return call()
         except Exception as exc:  # MLflow raises many types for transport failures
-            reason = redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
+            reason = redact_text(str(exc).splitlines()[0])[:300] if str(exc) else type(exc).__name__
             if not _transient(exc):
                 raise TrackingError(f"could not {what}: the store refused it ({reason})") from None
             if attempt == retries:
@@ -131,6 +131,12 @@ def _text_signature() -> Any:
     params = ParamSchema([ParamSpec("max_tokens", "long", 200), ParamSpec("temperature", "double", 0.8), ParamSpec("top_k", "long", 40),
                           ParamSpec("seed", "long", 0)])
     return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=params)
+
+
+def _stored(value: Any, limit: int | None = None) -> str:
+    """A tag or param value as stored: its secrets hidden (harness.tracking.redact) before it is cut to the store's
+    limit, so no cut-off URL keeps a piece of a password."""
+    return redact_text(str(value))[: limit or _TAG_LIMIT]
 
 
 class MlflowTracker:
@@ -182,7 +188,7 @@ class MlflowTracker:
             all_tags.update({k: parent[k] for k in ("mlflow.source.name", "mlflow.source.type") if k in parent})
             all_tags["mlflow.parentRunId"] = parent_run_id
         all_tags.update(tags or {})
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        run = client.create_run(exp_id, run_name=run_name, tags={k: _stored(v) for k, v in all_tags.items()})
         return cls(client, run.info.run_id)
 
     @classmethod
@@ -209,7 +215,7 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in params.items() if k not in existing]
+        items = [Param(k, _stored(v, _PARAM_LIMIT)) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
             self._retry("log params", self.client.log_batch, self.run_id, params=items[i : i + 100])
 
@@ -294,7 +300,7 @@ class MlflowTracker:
 
         if self.offline:
             return
-        items = [RunTag(k, str(v)[:_TAG_LIMIT]) for k, v in tags.items()]
+        items = [RunTag(k, _stored(v)) for k, v in tags.items()]
         if items:
             self._retry("set tags", self.client.log_batch, self.run_id, tags=items)
 
@@ -309,11 +315,12 @@ class MlflowTracker:
         self._retry("upload an artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._retry("upload an artifact", self.client.log_text, self.run_id, text, artifact_file)
+        """A text artifact (spec.yaml, trials.csv) straight from memory, without the secrets in it."""
+        self._retry("upload an artifact", self.client.log_text, self.run_id, redact_text(text), artifact_file)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        """A JSON (or, by suffix, YAML) artifact straight from memory."""
-        self._retry("upload an artifact", self.client.log_dict, self.run_id, data, artifact_file)
+        """A JSON (or, by suffix, YAML) artifact straight from memory, every string in it redacted."""
+        self._retry("upload an artifact", self.client.log_dict, self.run_id, redact_value(data), artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """A matplotlib figure saved as an artifact straight from memory."""

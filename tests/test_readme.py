@@ -85,6 +85,8 @@ class _Project:
         shutil.copytree(ROOT / "experiments", self.dir / "experiments")
         (self.dir / "mlruns").mkdir(parents=True)
         (self.dir / "studies").mkdir()
+        self.text = self.dir / "my_text.txt"  # the user's own file of the "Your own data" walk-through
+        self.text.write_text("Some text of the reader's own, long enough for a few windows of 64 characters.\n" * 40, encoding="utf-8")
         self.env = child_env(HARNESS_MAX_STEPS="2")
         self.env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, as a user's shell has it
 
@@ -103,7 +105,7 @@ class _Project:
         parents = [r.info.run_id for r in runs if r.data.tags.get("harness.role") == "sweep" and r.info.experiment_id in lr_sweep]
         # the README asks a finetuned run a question: an instruction-tuned one
         tuned = [r.info.run_id for r in runs if r.data.tags.get("harness.init_from") and r.data.params.get("task.kind") == "instruct"]
-        return {"<run_id>": lm, "<sweep_parent_run_id>": parents, "<finetuned_run_id>": tuned}
+        return {"<run_id>": lm, "<sweep_parent_run_id>": parents, "<finetuned_run_id>": tuned, "<your_text_file>": [str(self.text)]}
 
     def killed_run(self) -> str:
         """A run killed (SIGKILL) after its first step: what `harness resume <run_id>` is for."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.data.prepare import PAD_TARGET, Prepared, count_windows, window_stride
+from harness.data.prepare import PAD_TARGET, Prepared, count_windows, spread, window_stride
 from harness.spec.schema import DataSpec
 
 __all__ = ["Batches", "eval_batches", "make_batches"]
@@ -136,6 +136,5 @@ def eval_batches(prep: Prepared, spec: DataSpec, *, split: str, batch_size: int,
                 batch_size=batch_size, seed=0, mode="epoch", pad_input=pad)
     if b.n_examples == 0:
         return []
-    k = min(n_batches * batch_size, b.n_examples)
-    idx = torch.linspace(0, b.n_examples - 1, k).round().long()
+    idx = torch.from_numpy(spread(b.n_examples, n_batches * batch_size))  # integers: no float index (see spread)
     return [b.gather(chunk) for chunk in idx.split(batch_size)]

@@ -16,7 +16,7 @@ from harness.data.corpora import corpus_key, load_text
 from harness.data.tokenizers import Tokenizer, make_tokenizer, tokenizer_from_dict
 from harness.spec.schema import DataSpec
 
-__all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "split_point", "window_stride"]
+__all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "split_point", "spread", "window_stride"]
 
 
 PAD_TARGET = -100  # the target of a padding position: cross-entropy's ignore_index, so it never counts
@@ -49,6 +49,21 @@ def count_windows(n_tokens: int, seq_len: int, stride: int) -> int:
     if n_tokens < seq_len + 1:
         return 0
     return (n_tokens - seq_len - 1) // stride + 1
+
+
+def spread(n: int, k: int) -> np.ndarray:
+    """``min(k, n)`` indices spread evenly over ``0..n-1`` (both ends), each ``round(i * (n - 1) / (k - 1))``, in
+    int64 arithmetic. A float index (torch.linspace runs in float32, a 24-bit mantissa) can round ``n - 1`` up to
+    ``n`` once ``n`` passes 2**24 and index past the end; integers are exact for any corpus (``k * n`` < 2**63)."""
+    if k <= 0 or n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(k, n)
+    if k == 1:
+        return np.zeros(1, dtype=np.int64)
+    q, r = np.divmod(np.arange(k, dtype=np.int64) * (n - 1), k - 1)
+    # round half to even, as torch.round did on the float index, so the evaluation windows of a small corpus stay
+    # the ones every earlier run evaluated on
+    return q + ((2 * r > k - 1) | ((2 * r == k - 1) & (q % 2 == 1)))
 
 
 def split_point(n: int, val_fraction: float) -> int:

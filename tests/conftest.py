@@ -3,7 +3,8 @@
 Fixtures (names are stable; other test modules rely on them):
 
 * ``_isolate`` (autouse): every test runs with ``tmp_path`` as the working directory and MLflow pointed at a
-  SQLite store inside it, so nothing is written into the repository. Every ``HARNESS_*`` variable of the calling
+  SQLite store inside it, so nothing is written into the repository; ``HARNESS_CACHE_DIR`` (the token cache) is one
+  folder of the session's temporary directory. Every ``HARNESS_*`` variable of the calling
   environment is removed (a developer's ``HARNESS_STUDY_STORAGE`` or ``HARNESS_KILL_AT`` must not reach a test), except
   the knobs of tests/servers.py. It also pins torch to one intra-op thread before and after each test: on a small
   shared CPU, two threads make every tiny op ~100x slower, and a test that runs a spec with ``train.threads`` must not
@@ -162,13 +163,14 @@ def _clear_harness_env(mp: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolate(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Run every test inside ``tmp_path`` with MLflow tracking into ``tmp_path/mlruns/mlflow.db``, without the
-    caller's HARNESS_* settings."""
+    caller's HARNESS_* settings, and with one token cache for the whole session (never the user's own)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir(exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     _clear_harness_env(monkeypatch)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)

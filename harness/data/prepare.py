@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.corpora import corpus_key, load_text
-from harness.data.tokenizers import Tokenizer, make_tokenizer, tokenizer_from_dict
+from harness.data.cache import TokenFile, token_file
+from harness.data.corpora import corpus_key
+from harness.data.tokenizers import Tokenizer, tokenizer_from_dict
 from harness.spec.schema import DataSpec
 
 __all__ = ["PAD_TARGET", "Prepared", "count_windows", "prepare", "split_point", "spread", "window_stride"]
@@ -28,13 +29,15 @@ class Prepared:
 
     tokenizer: Tokenizer
     n_chars: int
-    train: np.ndarray  # 1-D ids (windows/random/pack) or 2-D padded rows (documents, pad)
+    train: np.ndarray  # 1-D ids, a view of the token file (windows/random/pack), or 2-D padded rows (documents, pad)
     val: np.ndarray
     n_train_tokens: int
     n_val_tokens: int
     train_examples: int  # windows (or documents) available to the sampler per epoch
     val_examples: int
     truncated_documents: int = 0
+    key: str = ""  # the token file's cache key (harness.data.cache): the same tokens, the same key
+    path: str = ""  # the token file
 
 
 def window_stride(data: DataSpec) -> int:
@@ -71,20 +74,25 @@ def split_point(n: int, val_fraction: float) -> int:
     return n - int(round(n * val_fraction))
 
 
-def _pad_rows(docs: list[np.ndarray], seq_len: int) -> tuple[np.ndarray, int]:
-    """Documents as rows of seq_len+1 ids, padded with -1 (the batches mask it). Returns rows and truncated count."""
-    rows = np.full((len(docs), seq_len + 1), -1, dtype=np.int64)
+def _pad_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
+    """Documents ``tokens[starts[i] : starts[i + 1] + 1]`` (each between its two BOS) as rows of seq_len+1 ids,
+    padded with -1 (the batches mask it). Returns rows and the truncated count."""
+    n = max(len(starts) - 1, 0)
+    rows = np.full((n, seq_len + 1), -1, dtype=np.int64)
     truncated = 0
-    for i, d in enumerate(docs):
-        if len(d) > seq_len + 1:
+    for i in range(n):
+        a, b = int(starts[i]), int(starts[i + 1]) + 1
+        if b - a > seq_len + 1:
             truncated += 1
-        d = d[: seq_len + 1]
+        d = tokens[a : min(b, a + seq_len + 1)]
         rows[i, : len(d)] = d
     return rows, truncated
 
 
 def prepare(data: DataSpec, tokenizer: Tokenizer | None = None) -> Prepared:
-    """Load, tokenize and split the corpus that ``data`` names. Cached per process (and per version of a user file).
+    """Load, tokenize and split the corpus that ``data`` names: its token file, mapped from the token cache (built
+    there first when missing, see :mod:`harness.data.cache`). Also cached per process (and per version of a user
+    file).
 
     ``tokenizer`` (a source run's, when finetuning) encodes the corpus instead of one built from it; characters it
     does not know are left out."""
@@ -98,41 +106,44 @@ def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | 
     data = DataSpec.model_validate_json(data_json)
     if data.corpus is None:
         raise ValueError("prepare() reads a corpus; a classify or instruct task's examples come from harness.data.tasks")
-    text = load_text(data.corpus, data.max_chars)
-    if tokenizer_json is None:
-        tok = make_tokenizer(data, text)
-    else:
-        tok = tokenizer_from_dict(json.loads(tokenizer_json))
-        text = tok.known(text)
+    given = tokenizer_from_dict(json.loads(tokenizer_json)) if tokenizer_json is not None else None
+    spec_tok = data.tokenizer
+    tf = token_file(data.corpus, max_chars=data.max_chars, documents=data.sampling == "documents", kind=spec_tok.kind,
+                    encoding=spec_tok.encoding, path=spec_tok.path, compact=spec_tok.compact, given=given)
+    tok = tf.tokenizer
     if data.sampling == "documents":
-        return _documents(data, text, tok)
-    ids = tok.encode(text)
+        return _documents(data, tf)
+    ids = tf.tokens
     cut = split_point(len(ids), data.val_fraction)
-    train, val = ids[:cut], ids[cut:]
+    train, val = ids[:cut], ids[cut:]  # views of the memory map: the split copies nothing
     stride = window_stride(data)
-    return Prepared(tok, len(text), train, val, len(train), len(val),
-                    count_windows(len(train), data.seq_len, stride), count_windows(len(val), data.seq_len, stride))
+    return Prepared(tok, tf.n_chars, train, val, len(train), len(val),
+                    count_windows(len(train), data.seq_len, stride), count_windows(len(val), data.seq_len, stride),
+                    key=tf.key, path=str(tf.path))
 
 
-def _documents(data: DataSpec, text: str, tok: Tokenizer) -> Prepared:
-    """One document per non-empty line, wrapped in BOS on both sides so the model learns where documents start and end."""
+def _documents(data: DataSpec, tf: TokenFile) -> Prepared:
+    """One document per non-empty line, wrapped in BOS on both sides so the model learns where documents start and
+    end. The token file holds them as one stream, BOS d1 BOS d2 BOS ..., and where each BOS is."""
+    tok = tf.tokenizer
     if tok.bos_id is None:  # the schema only allows documents sampling with the char tokenizer, which then has one
         raise ValueError("documents sampling needs a tokenizer with a BOS id")
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    cut = split_point(len(lines), data.val_fraction)
-    bos = np.array([tok.bos_id], dtype=np.int64)
-    docs = [np.concatenate([bos, tok.encode(ln), bos]) for ln in lines]
-    train_docs, val_docs = docs[:cut], docs[cut:]
+    starts = tf.doc_starts if tf.doc_starts is not None else np.zeros(0, dtype=np.int64)
+    n_docs = max(len(starts) - 1, 0)
+    cut = split_point(n_docs, data.val_fraction)
+    ids = tf.tokens
+    common = {"key": tf.key, "path": str(tf.path)}
     if data.packing == "pack":
-        # BOS d1 BOS d2 BOS ...: adjacent documents share their separating BOS
-        def stream(ds: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate([bos] + [d[1:] for d in ds]) if ds else np.zeros(0, dtype=np.int64)
+        # BOS d1 BOS d2 BOS ...: adjacent documents share their separating BOS; each split is a view
+        def stream(a: int, b: int) -> np.ndarray:
+            return ids[int(starts[a]) : int(starts[b]) + 1] if b > a else ids[:0]
 
-        train, val = stream(train_docs), stream(val_docs)
+        train, val = stream(0, cut), stream(cut, n_docs)
         stride = window_stride(data)
-        return Prepared(tok, len(text), train, val, len(train), len(val),
-                        count_windows(len(train), data.seq_len, stride), count_windows(len(val), data.seq_len, stride))
-    train_rows, trunc_tr = _pad_rows(train_docs, data.seq_len)
-    val_rows, trunc_va = _pad_rows(val_docs, data.seq_len)
-    n_tr, n_va = sum(len(d) for d in train_docs), sum(len(d) for d in val_docs)
-    return Prepared(tok, len(text), train_rows, val_rows, n_tr, n_va, len(train_docs), len(val_docs), trunc_tr + trunc_va)
+        return Prepared(tok, tf.n_chars, train, val, len(train), len(val),
+                        count_windows(len(train), data.seq_len, stride), count_windows(len(val), data.seq_len, stride), **common)
+    train_rows, trunc_tr = _pad_rows(ids, starts[: cut + 1], data.seq_len)
+    val_rows, trunc_va = _pad_rows(ids, starts[cut:], data.seq_len)
+    n_tr = int(starts[cut] - starts[0]) + cut if cut else 0
+    n_va = int(starts[n_docs] - starts[cut]) + (n_docs - cut) if n_docs > cut else 0
+    return Prepared(tok, tf.n_chars, train_rows, val_rows, n_tr, n_va, cut, n_docs - cut, trunc_tr + trunc_va, **common)

@@ -145,10 +145,12 @@ def tree(folder: Path) -> set[str]:
 
 
 def child_env(*, python_warnings: str | None = CHILD_WARNINGS, **extra: str) -> dict[str, str]:
-    """The environment for a child process: this one without HARNESS_* knobs (``extra`` sets those it needs), one
+    """The environment for a child process: this one without HARNESS_* knobs but the token cache's (``extra`` sets those it needs), one
     torch thread, unbuffered output, and (unless ``python_warnings`` is None: a third-party server) warnings as errors
     like in this process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_") and k not in ("PYTEST_CURRENT_TEST", "PYTHONWARNINGS")}
+    # HARNESS_CACHE_DIR stays: a child's token files go to the session's cache (see _isolate), never the user's
+    env = {k: v for k, v in os.environ.items()
+           if (not k.startswith("HARNESS_") or k == "HARNESS_CACHE_DIR") and k not in ("PYTEST_CURRENT_TEST", "PYTHONWARNINGS")}
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     if python_warnings is not None:
         env["PYTHONWARNINGS"] = python_warnings

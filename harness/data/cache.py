@@ -291,11 +291,18 @@ class _Options:
 
 
 def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[str] | None = None) -> Iterator[str]:
-    """The corpus as normalised text pieces (CRLF and CR to LF), cut to ``max_chars``; each part ends with a newline
-    so that no line runs from one file into the next. ``digests`` collects each part's sha256 as it is read, so a
+    """The corpus as normalised text pieces (CRLF and CR to LF), cut to ``max_chars``; a newline goes between two
+    parts when the first does not end with one, so that no line runs from one file into the next. ``digests`` collects each part's sha256 as it is read, so a
     file that changes during the build is noticed."""
     left = opts.max_chars
-    for src in sources:
+    for n_src, src in enumerate(sources):
+        if n_src and not last.endswith("\n"):  # a file without a final newline: its last line stays its own
+            if left is not None:
+                left -= 1
+            yield "\n"
+            if left == 0:
+                return
+        last = ""
         h = hashlib.sha256()
         raw_hash = src.path is not None and not src.gz
         for offset, piece in read_pieces(src, CHUNK_BYTES, on_read=meter):
@@ -311,15 +318,12 @@ def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[s
                 text = text[:left]
                 left -= len(text)
             if text:
+                last = text
                 yield text
             if left == 0:
                 return
         if digests is not None and raw_hash:
             digests.append(h.hexdigest())
-        if len(sources) > 1 and src is not sources[-1]:
-            if left is not None:
-                left -= 1
-            yield "\n"
 
 
 def _batches(it: Iterator[str], n: int) -> Iterator[list[str]]:
@@ -469,15 +473,15 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
                         rm(min(step, n_tokens - i))
                     rm.finish()
                     del raw_ids
-                    _finish(g, key, parts, final_dtype, n_tokens, n_chars, doc_starts, tok)
+                    _finish(g, opts.corpus, key, parts, final_dtype, n_tokens, n_chars, doc_starts, tok)
                 os.replace(remapped, tmp)
             finally:
                 remapped.unlink(missing_ok=True)
             return
-        _finish(f, key, parts, final_dtype, n_tokens, n_chars, doc_starts, tok)
+        _finish(f, opts.corpus, key, parts, final_dtype, n_tokens, n_chars, doc_starts, tok)
 
 
-def _finish(f: Any, key: str, parts: dict[str, Any], dtype: np.dtype, n_tokens: int, n_chars: int, doc_starts: list[int], tok: Tokenizer) -> None:
+def _finish(f: Any, corpus: str, key: str, parts: dict[str, Any], dtype: np.dtype, n_tokens: int, n_chars: int, doc_starts: list[int], tok: Tokenizer) -> None:
     """Append the trailing sections, then write the header over the reserved first page, and sync."""
     pos = HEADER_BYTES + n_tokens * dtype.itemsize
     sections: dict[str, list[int]] = {"tokens": [HEADER_BYTES, n_tokens * dtype.itemsize]}
@@ -491,7 +495,7 @@ def _finish(f: Any, key: str, parts: dict[str, Any], dtype: np.dtype, n_tokens: 
     f.write(tb)
     sections["tokenizer"] = [pos, len(tb)]
     pos += len(tb)
-    header = {"format": FORMAT, "key": key, "parts": parts, "dtype": dtype.name, "n_tokens": n_tokens, "n_chars": n_chars,
+    header = {"format": FORMAT, "key": key, "corpus": corpus, "parts": parts, "dtype": dtype.name, "n_tokens": n_tokens, "n_chars": n_chars,
               "n_docs": max(len(doc_starts) - 1, 0) if doc_starts else None, "vocab_size": tok.vocab_size,
               "tokenizer": tok.kind, "sections": sections, "size": pos, "created": time.time()}
     head = MAGIC + json.dumps(header).encode("utf-8")

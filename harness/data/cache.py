@@ -126,9 +126,10 @@ def _source_digest(src: Source) -> str:
         st = os.stat(src.path)
     except OSError as exc:
         raise CorpusError(f"cannot read corpus file {src.path}: {exc.strerror}") from None
-    ident = {"path": str(Path(src.path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+    resolved = str(Path(src.path).resolve())
+    ident: dict[str, Any] = {"path": resolved, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
              "ctime_ns": st.st_ctime_ns}
-    memo = cache_dir() / "sources" / (hashlib.sha256(ident["path"].encode()).hexdigest()[:32] + ".json")
+    memo = cache_dir() / "sources" / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in ident} == ident and isinstance(saved.get("sha256"), str):
@@ -295,6 +296,7 @@ def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[s
     parts when the first does not end with one, so that no line runs from one file into the next. ``digests`` collects each part's sha256 as it is read, so a
     file that changes during the build is noticed."""
     left = opts.max_chars
+    last = ""
     for n_src, src in enumerate(sources):
         if n_src and not last.endswith("\n"):  # a file without a final newline: its last line stays its own
             if left is not None:
@@ -425,7 +427,10 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
     with open(tmp, "wb") as f, ThreadPoolExecutor(threads) as pool:
         f.write(b"\0" * HEADER_BYTES)
         w = _Writer(f, final_dtype)
-        seen_ids = np.zeros(int(tok._enc.max_token_value) + 1, dtype=bool) if compact_build else None  # type: ignore[attr-defined]
+        seen_ids: np.ndarray | None = None
+        if compact_build:
+            assert isinstance(tok, TiktokenTokenizer)
+            seen_ids = np.zeros(int(tok._enc.max_token_value) + 1, dtype=np.bool_)
         texts = _texts(sources, opts, meter, digests)
         if given is not None and char_lut is not None:
             texts = (_known_chars(t, char_lut) for t in texts)  # what a source run's vocabulary holds (Tokenizer.known)

@@ -221,7 +221,7 @@ def read_pieces(src: Source, chunk_bytes: int = 1 << 20, on_read: Any = None) ->
         raise CorpusError(f"cannot read corpus file {src.path}: {exc.strerror}") from None
     with raw:
         counted = _Counted(raw)
-        f: Any = gzip.GzipFile(fileobj=counted, mode="rb") if src.gz else counted  # type: ignore[arg-type]
+        f: Any = gzip.GzipFile(fileobj=counted, mode="rb") if src.gz else counted  # type: ignore[call-overload]
         offset, carry, first = 0, b"", True
         while True:
             before = counted.n

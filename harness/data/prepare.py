@@ -132,7 +132,7 @@ def _documents(data: DataSpec, tf: TokenFile) -> Prepared:
     n_docs = max(len(starts) - 1, 0)
     cut = split_point(n_docs, data.val_fraction)
     ids = tf.tokens
-    common = {"key": tf.key, "path": str(tf.path)}
+    common: dict[str, Any] = {"key": tf.key, "path": str(tf.path)}
     if data.packing == "pack":
         # BOS d1 BOS d2 BOS ...: adjacent documents share their separating BOS; each split is a view
         def stream(a: int, b: int) -> np.ndarray:

@@ -96,7 +96,7 @@ class TokenizerSpec(_Model):
 class DataSpec(_Model):
     """Where the text comes from and how it is cut into training examples."""
 
-    corpus: str | None = Field(None, description="a shipped corpus (shakespeare/<work>, names) or a path to a UTF-8 text file (task lm)")
+    corpus: str | None = Field(None, description="a shipped corpus (shakespeare/<work>, names), or a UTF-8 text file, a folder of .txt/.txt.gz files or a glob (task lm)")
     max_chars: int | None = Field(None, ge=1, description="keep only this many leading characters of the corpus")
     tokenizer: TokenizerSpec = Field(TokenizerSpec(), description="char, or tiktoken with an encoding")
     sampling: Literal["windows", "random", "documents"] = Field(

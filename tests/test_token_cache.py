@@ -261,14 +261,15 @@ def test_a_full_disk_stops_the_run_and_leaves_no_partial_file(tmp_path, tiny_spe
     corpus.write_text("x" * 1_000_000 + "\n", encoding="utf-8")
     tiny_spec_dict["data"]["corpus"] = str(corpus)
     spec = write_spec(tmp_path, tiny_spec_dict)
+    folder = Path(os.environ["HARNESS_CACHE_DIR"])
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     limit = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
              "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024)); "
              "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", limit, "prepare", str(spec)], capture_output=True, text=True, env=child_env())
     assert r.returncode == 2, r.stderr
     assert "cannot write the token cache" in r.stderr and "HARNESS_CACHE_DIR" in r.stderr
-    folder = Path(os.environ["HARNESS_CACHE_DIR"])
-    assert not [p for p in folder.iterdir() if ".tmp" in p.name or (p.name.endswith(".tokens") and p.stat().st_size > 256 * 1024)]
+    assert not [p for p in set(folder.iterdir()) - before if p.name.endswith(".tokens") or ".tmp" in p.name]
 
 
 # ----------------------------------------------------------------------------------------------------------- corpora
@@ -366,3 +367,53 @@ def test_windows_past_the_permutation_limit_cover_each_window_once_and_resume_ex
     fresh.load_state_dict(json.loads(json.dumps(state)))
     for (xa, ya), (xb, yb) in zip(stream[7:], (fresh.next() for _ in range(8))):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+# ----------------------------------------------------------------------------------------------------------- documents
+
+STORIES = "Once upon a time.\nThe end.<|endoftext|>A second story\n\nwith a gap.<|endoftext|>  <|endoftext|>Third.<|endoftext|>"
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_tiktoken_documents_are_separated_by_endoftext(tmp_path, monkeypatch, compact):
+    path = tmp_path / "stories.txt"
+    path.write_text(STORIES * 3, encoding="utf-8")
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 16)  # documents and delimiters straddle the pieces
+    data = _spec(path, sampling="documents", packing="pack", delimiter="<|endoftext|>", val_fraction=0.0,
+                 tokenizer={"kind": "tiktoken", "encoding": "cl100k_base", "compact": compact})
+    prep = _fresh(data)
+    tok = prep.tokenizer
+    plain = TiktokenTokenizer("cl100k_base")
+    docs = [d for d in (STORIES * 3).split("<|endoftext|>") if d.strip()]
+    assert len(docs) == 9
+    eot = tok.bos_id
+    assert eot is not None and (compact or eot == plain._enc.eot_token == 100257)
+    expected = [eot]
+    for d in docs:
+        expected += [int(i) for i in tok.encode(d)] + [eot]
+    assert np.asarray(prep.train).tolist() == expected
+    assert tok.decode([eot]) == "<|endoftext|>"
+    again = _fresh(data).tokenizer  # from the file's saved tokenizer: the separator survives
+    assert again.bos_id == eot
+
+
+def test_paragraph_documents_span_pieces_and_files_end_them(tmp_path, monkeypatch):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "1.txt").write_text("first para\nstill first\n\nsecond para\n\n\n", encoding="utf-8")
+    (folder / "2.txt").write_text("third, in its own file", encoding="utf-8")
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 8)
+    prep = _fresh(_spec(folder, sampling="documents", delimiter="\n\n", val_fraction=0.0, seq_len=32))
+    tok = prep.tokenizer
+    rows = [tok.decode([i for i in row if i >= 0]) for row in prep.train.tolist()]
+    assert rows == ["first para\nstill first", "second para", "\nthird, in its own file"[1:]]
+
+
+def test_a_delimiter_without_documents_sampling_is_a_spec_error(tmp_path, tiny_spec_dict):
+    from harness import SpecError
+    from harness.spec import spec_from_dict
+
+    tiny_spec_dict["data"]["delimiter"] = "<|endoftext|>"
+    with pytest.raises(SpecError) as exc_info:
+        spec_from_dict(tiny_spec_dict)
+    assert any(i.path == "data.delimiter" and "documents" in i.message for i in exc_info.value.issues)

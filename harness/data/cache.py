@@ -283,7 +283,7 @@ class _Meter:
 class _Options:
     corpus: str
     max_chars: int | None
-    documents: bool  # one document per non-empty line, each between two separators (BOS)
+    documents: str | None  # the delimiter between documents (documents sampling), each then between two separators
     kind: str
     encoding: str | None
     path: str | None
@@ -291,14 +291,16 @@ class _Options:
     given: Tokenizer | None
 
 
-def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[str] | None = None) -> Iterator[str]:
+def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[str] | None = None) -> Iterator[str | None]:
     """The corpus as normalised text pieces (CRLF and CR to LF), cut to ``max_chars``; a newline goes between two
     parts when the first does not end with one, so that no line runs from one file into the next. ``digests`` collects each part's sha256 as it is read, so a
     file that changes during the build is noticed."""
     left = opts.max_chars
     last = ""
     for n_src, src in enumerate(sources):
-        if n_src and not last.endswith("\n"):  # a file without a final newline: its last line stays its own
+        if n_src and opts.documents is not None:
+            yield None  # a file's end ends its last document
+        elif n_src and not last.endswith("\n"):  # a file without a final newline: its last line stays its own
             if left is not None:
                 left -= 1
             yield "\n"
@@ -326,6 +328,45 @@ def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[s
                 return
         if digests is not None and raw_hash:
             digests.append(h.hexdigest())
+
+
+class _Counts:
+    """Characters that pass through, and whether any was not whitespace."""
+
+    def __init__(self) -> None:
+        self.chars, self.nonblank = 0, False
+
+    def of(self, texts: Iterator[str | None]) -> Iterator[str | None]:
+        for t in texts:
+            if t is not None:
+                self.chars += len(t)
+                self.nonblank = self.nonblank or not t.isspace()
+            yield t
+
+
+def _split_documents(texts: Iterator[str | None], delimiter: str) -> Iterator[str]:
+    """The non-blank documents of the text pieces, split on ``delimiter`` (a document may span many pieces; a None
+    ends the current one). A piece is joined to the document it continues only when a delimiter ends it, so a long
+    document costs linear time."""
+    parts: list[str] = []
+    keep = len(delimiter) - 1  # a delimiter may straddle two pieces
+    for t in texts:
+        if t is None:
+            doc = "".join(parts)
+            if doc.strip():
+                yield doc
+            parts = []
+            continue
+        tail = parts[-1][-keep:] if parts and keep else ""
+        if delimiter not in tail + t:
+            parts.append(t)
+            continue
+        docs = ("".join(parts) + t).split(delimiter)
+        parts = [docs.pop()]
+        yield from (d for d in docs if d.strip())
+    doc = "".join(parts)
+    if doc.strip():
+        yield doc
 
 
 def _batches(it: Iterator[str], n: int) -> Iterator[list[str]]:
@@ -393,11 +434,12 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
         meter = _Meter(opts.corpus, "scan", total, t0)
         seen = np.zeros(0x110000, dtype=bool)
         for text in _texts(sources, opts, meter):
-            seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
+            if text is not None:
+                seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
         meter.finish()
-        tok = CharTokenizer([chr(int(c)) for c in np.flatnonzero(seen)], bos=opts.documents)
+        tok = CharTokenizer([chr(int(c)) for c in np.flatnonzero(seen)], bos=opts.documents is not None)
     elif given is None:
-        tok = TiktokenTokenizer(opts.encoding or "", path=opts.path)
+        tok = TiktokenTokenizer(opts.encoding or "", path=opts.path, eot=opts.documents is not None)
     else:
         tok = given
     char_lut = _char_lut(tok) if isinstance(tok, CharTokenizer) else None
@@ -431,25 +473,29 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
         if compact_build:
             assert isinstance(tok, TiktokenTokenizer)
             seen_ids = np.zeros(int(tok._enc.max_token_value) + 1, dtype=np.bool_)
-        texts = _texts(sources, opts, meter, digests)
-        if given is not None and char_lut is not None:
-            texts = (_known_chars(t, char_lut) for t in texts)  # what a source run's vocabulary holds (Tokenizer.known)
-        for batch in _batches(texts, BATCH_PIECES if char_lut is None else 8):
-            n_chars += sum(len(t) for t in batch)
-            nonblank = nonblank or any(not t.isspace() for t in batch)
-            if opts.documents:
-                assert sep is not None
-                for t in batch:
-                    for line in t.split("\n"):
-                        if line.strip():
-                            doc_starts.append(w.n)
-                            w.write(np.concatenate([np.array([sep]), encode([line], pool)[0]]))
-                continue
-            for ids in encode(batch, pool):
-                if seen_ids is not None:
-                    seen_ids[ids] = True
-                w.write(ids)
-        if opts.documents and doc_starts:
+        counted = _Counts()
+        texts = counted.of(_texts(sources, opts, meter, digests))
+        if given is not None and char_lut is not None:  # what a source run's vocabulary holds (Tokenizer.known)
+            texts = (None if t is None else _known_chars(t, char_lut) for t in texts)
+        if opts.documents is not None:
+            if sep is None:
+                raise CorpusError("documents sampling needs a tokenizer with a separator (BOS, or tiktoken's <|endoftext|>)")
+            if seen_ids is not None:
+                seen_ids[tok._enc.eot_token] = True  # type: ignore[attr-defined]
+            for docs in _batches(_split_documents(texts, opts.documents), 256):
+                for ids in encode(docs, pool):
+                    if seen_ids is not None:
+                        seen_ids[ids] = True
+                    doc_starts.append(w.n)
+                    w.write(np.concatenate([np.array([sep], dtype=np.int64), ids.astype(np.int64)]))
+        else:
+            for batch in _batches((t for t in texts if t is not None), BATCH_PIECES if char_lut is None else 8):
+                for ids in encode(batch, pool):
+                    if seen_ids is not None:
+                        seen_ids[ids] = True
+                    w.write(ids)
+        n_chars, nonblank = counted.chars, counted.nonblank
+        if opts.documents is not None and doc_starts:
             doc_starts.append(w.n)
             w.write(np.array([sep]))
         meter.finish()
@@ -461,7 +507,7 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
         if seen_ids is not None:  # compact: remap the original ids, now that the corpus's set of ids is known
             assert isinstance(tok, TiktokenTokenizer)
             remap = np.flatnonzero(seen_ids)
-            tok = TiktokenTokenizer(tok.encoding, path=tok.path, remap=[int(i) for i in remap], ranks=tok.ranks)
+            tok = TiktokenTokenizer(tok.encoding, path=tok.path, remap=[int(i) for i in remap], ranks=tok.ranks, eot=tok.eot)
             final_dtype = _dtype_for(tok.vocab_size)
             f.flush()
             raw_ids = np.memmap(tmp, dtype=np.uint32, mode="r", offset=HEADER_BYTES, shape=(n_tokens,)) if n_tokens else np.zeros(0, np.uint32)
@@ -515,7 +561,7 @@ def _finish(f: Any, corpus: str, key: str, parts: dict[str, Any], dtype: np.dtyp
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def token_file(corpus: str, *, max_chars: int | None, documents: bool, kind: str = "char", encoding: str | None = None,
+def token_file(corpus: str, *, max_chars: int | None, documents: str | None, kind: str = "char", encoding: str | None = None,
                path: str | None = None, compact: bool = False, given: Tokenizer | None = None) -> TokenFile:
     """The token file of ``corpus`` under these options: mapped from the cache, or built into it first."""
     from filelock import FileLock, Timeout
@@ -526,7 +572,7 @@ def token_file(corpus: str, *, max_chars: int | None, documents: bool, kind: str
     for d in digests:
         h.update(d.encode() + b"\n")
     parts = {"format": FORMAT, "tokenize": TOKENIZE_VERSION, "content": h.hexdigest(), "max_chars": max_chars,
-             "documents": {"per": "line", "separator": "bos"} if documents else None,
+             "documents": {"delimiter": documents} if documents is not None else None,
              "tokenizer": _tokenizer_identity(kind, encoding, path, compact, given)}
     key = make_key(parts)
     folder = _ensure_dir(cache_dir())

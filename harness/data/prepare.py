@@ -108,7 +108,7 @@ def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | 
         raise ValueError("prepare() reads a corpus; a classify or instruct task's examples come from harness.data.tasks")
     given = tokenizer_from_dict(json.loads(tokenizer_json)) if tokenizer_json is not None else None
     spec_tok = data.tokenizer
-    tf = token_file(data.corpus, max_chars=data.max_chars, documents=data.sampling == "documents", kind=spec_tok.kind,
+    tf = token_file(data.corpus, max_chars=data.max_chars, documents=data.delimiter if data.sampling == "documents" else None, kind=spec_tok.kind,
                     encoding=spec_tok.encoding, path=spec_tok.path, compact=spec_tok.compact, given=given)
     tok = tf.tokenizer
     if data.sampling == "documents":
@@ -123,11 +123,12 @@ def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | 
 
 
 def _documents(data: DataSpec, tf: TokenFile) -> Prepared:
-    """One document per non-empty line, wrapped in BOS on both sides so the model learns where documents start and
-    end. The token file holds them as one stream, BOS d1 BOS d2 BOS ..., and where each BOS is."""
+    """One document per piece of text between delimiters (a non-blank line by default), wrapped in a separator on
+    both sides (BOS; tiktoken's <|endoftext|>) so the model learns where documents start and end. The token file holds
+    them as one stream, S d1 S d2 S ..., and where each S is."""
     tok = tf.tokenizer
-    if tok.bos_id is None:  # the schema only allows documents sampling with the char tokenizer, which then has one
-        raise ValueError("documents sampling needs a tokenizer with a BOS id")
+    if tok.bos_id is None:  # the token file's tokenizer always has one for documents
+        raise ValueError("documents sampling needs a tokenizer with a separator id")
     starts = tf.doc_starts if tf.doc_starts is not None else np.zeros(0, dtype=np.int64)
     n_docs = max(len(starts) - 1, 0)
     cut = split_point(n_docs, data.val_fraction)

@@ -47,7 +47,7 @@ SUFFIX = ".tokens"
 # Bump when harness's own tokenization changes the ids it writes for the same text and tokenizer.
 TOKENIZE_VERSION = 1
 CHUNK_BYTES = 1 << 20
-BATCH_PIECES = 64  # pieces encoded at once: enough to keep every core busy, few enough MB held
+BATCH_PIECES = 4  # pieces encoded at once per core: every core busy, a few MB held per core whatever the corpus
 
 
 # ----------------------------------------------------------------------------------------------------------- reporting
@@ -382,15 +382,18 @@ def _batches(it: Iterator[str], n: int) -> Iterator[list[str]]:
 
 def _char_lut(tok: CharTokenizer) -> np.ndarray:
     codes = tok._codes
-    lut = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int64)
+    lut = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int32)
     lut[codes] = np.arange(len(codes))
     return lut
 
 
 def _char_ids(text: str, lut: np.ndarray, drop_unknown: bool) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    inside = codes < len(lut)
-    ids = np.where(inside, lut[np.where(inside, codes, 0)], -1)
+    if not len(codes) or int(codes.max()) < len(lut):
+        ids = lut[codes]  # the usual case: one gather
+    else:
+        inside = codes < len(lut)
+        ids = np.where(inside, lut[np.where(inside, codes, 0)], -1)
     if drop_unknown:
         return ids[ids >= 0]
     if (ids < 0).any():  # the corpus's own vocabulary always covers it; this is a programming error
@@ -451,8 +454,8 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
     meter = _Meter(opts.corpus, "encode", total, t0)
 
     def encode(texts: list[str], pool: ThreadPoolExecutor) -> list[np.ndarray]:
-        if char_lut is not None:
-            return [_char_ids(t, char_lut, drop_unknown=given is not None) for t in texts]
+        if char_lut is not None:  # numpy's gathers release the GIL: the pool overlaps them with the next piece's decoding
+            return list(pool.map(lambda t: _char_ids(t, char_lut, drop_unknown=given is not None), texts))
         assert isinstance(tok, TiktokenTokenizer)
         enc = tok._enc
         # encode_to_numpy with no special handling is encode_ordinary, straight into a uint32 buffer (no list of
@@ -489,7 +492,7 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
                     doc_starts.append(w.n)
                     w.write(np.concatenate([np.array([sep], dtype=np.int64), ids.astype(np.int64)]))
         else:
-            for batch in _batches((t for t in texts if t is not None), BATCH_PIECES if char_lut is None else 8):
+            for batch in _batches((t for t in texts if t is not None), BATCH_PIECES * threads):
                 for ids in encode(batch, pool):
                     if seen_ids is not None:
                         seen_ids[ids] = True

@@ -417,3 +417,15 @@ def test_a_delimiter_without_documents_sampling_is_a_spec_error(tmp_path, tiny_s
     with pytest.raises(SpecError) as exc_info:
         spec_from_dict(tiny_spec_dict)
     assert any(i.path == "data.delimiter" and "documents" in i.message for i in exc_info.value.issues)
+
+
+def test_a_relative_glob_in_a_spec_is_read_next_to_the_spec(tmp_path, tiny_spec_dict, tiny_text):
+    from harness import load_spec
+
+    project = tmp_path / "project"
+    (project / "texts").mkdir(parents=True)
+    (project / "texts" / "one.txt").write_text(tiny_text, encoding="utf-8")
+    tiny_spec_dict["data"]["corpus"] = "texts/*.txt"
+    spec = load_spec(write_spec(project, tiny_spec_dict))  # the working directory is tmp_path, not project
+    assert spec.data.corpus == str(project / "texts" / "*.txt")
+    assert _fresh(spec.data).n_chars == len(tiny_text)

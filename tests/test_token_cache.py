@@ -429,3 +429,46 @@ def test_a_relative_glob_in_a_spec_is_read_next_to_the_spec(tmp_path, tiny_spec_
     spec = load_spec(write_spec(project, tiny_spec_dict))  # the working directory is tmp_path, not project
     assert spec.data.corpus == str(project / "texts" / "*.txt")
     assert _fresh(spec.data).n_chars == len(tiny_text)
+
+
+def test_a_cache_folder_others_can_write_to_is_refused(tmp_path, monkeypatch, tiny_corpus):
+    shared = tmp_path / "shared-cache"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(shared))
+    with pytest.raises(CorpusError, match="refusing to keep the token cache in .*other users can write to it") as exc_info:
+        _fresh(_spec(tiny_corpus))
+    assert "HARNESS_CACHE_DIR" in str(exc_info.value) and not list(shared.iterdir())
+    fresh = tmp_path / "mine" / "cache"
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(fresh))
+    _fresh(_spec(tiny_corpus))
+    assert oct(fresh.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_cache_list_and_clear_on_the_command_line(tmp_path, monkeypatch, tiny_spec_dict, capsys):
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cli-cache"))
+    spec = write_spec(tmp_path, tiny_spec_dict)
+    _prepare_cached.cache_clear()
+    assert main(["prepare", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "tokens (" in out and "token file " + str(tmp_path / "cli-cache") in out
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "1 file" in listed and "uint16" in listed and "char" in listed and str(tiny_spec_dict["data"]["corpus"]) in listed
+    assert main(["cache", "clear"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert not list((tmp_path / "cli-cache").glob("*.tokens"))
+    assert main(["cache", "list"]) == 0 and "0 files" in capsys.readouterr().out
+
+
+def test_prepare_refuses_a_task_without_a_corpus(tmp_path, capsys):
+    from harness.cli import main
+
+    spec = write_spec(tmp_path, {"name": "cls", "task": {"kind": "classify", "dataset": "names_by_sex"},
+                                 "data": {"seq_len": 16}, "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32},
+                                 "train": {"max_steps": 1, "batch_size": 4, "optimizer": {"lr": 1e-3}}})
+    code = main(["prepare", str(spec)])
+    err = capsys.readouterr().err
+    assert code == 2 and "task: lm" in err, err

@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -96,10 +97,26 @@ def cache_dir() -> Path:
 
 
 def _ensure_dir(d: Path) -> Path:
+    """``d``, made if missing (mode 0700), once it is known that only this user controls it: a run trains on what
+    the files there say, so a folder that another user could write to is refused (the rules of
+    harness.tracking.folders.private_folder, which this layer cannot import)."""
     try:
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(d)
     except OSError as exc:
         raise CorpusError(f"cannot create the token cache folder {d}: {exc.strerror}; point {CACHE_ENV} at a writable folder") from None
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "it is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "it is not a folder"
+    elif hasattr(os, "getuid") and st.st_uid != os.getuid():
+        problem = f"it belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    elif os.name == "posix" and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"other users can write to it (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        raise CorpusError(f"refusing to keep the token cache in {d}: {problem}, so its files cannot be trusted; "
+                          f"point {CACHE_ENV} at a folder of your own")
     return d
 
 
@@ -117,7 +134,7 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _source_digest(src: Source) -> str:
+def _source_digest(src: Source, folder: Path) -> str:
     """sha256 of a source's bytes (a .gz's compressed bytes), remembered by the file's identity and stat."""
     if src.text is not None:
         return hashlib.sha256(src.text.encode("utf-8")).hexdigest()
@@ -129,7 +146,7 @@ def _source_digest(src: Source) -> str:
     resolved = str(Path(src.path).resolve())
     ident: dict[str, Any] = {"path": resolved, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
              "ctime_ns": st.st_ctime_ns}
-    memo = cache_dir() / "sources" / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
+    memo = folder / "sources" / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in ident} == ident and isinstance(saved.get("sha256"), str):
@@ -138,11 +155,11 @@ def _source_digest(src: Source) -> str:
         pass
     digest = _hash_file(src.path)
     try:  # a memo only: a read-only cache folder costs a re-hash next time, nothing else
-        _ensure_dir(memo.parent)
+        memo.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**ident, "sha256": digest}), encoding="utf-8")
         os.replace(tmp, memo)
-    except (OSError, CorpusError):
+    except OSError:
         pass
     return digest
 
@@ -152,7 +169,7 @@ def content_digest(sources: list[Source]) -> str:
     the same tokens)."""
     h = hashlib.sha256(b"harness-corpus-1\n")
     for s in sources:
-        h.update(_source_digest(s).encode() + b"\n")
+        h.update(_source_digest(s, _ensure_dir(cache_dir())).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -570,7 +587,8 @@ def token_file(corpus: str, *, max_chars: int | None, documents: str | None, kin
     from filelock import FileLock, Timeout
 
     sources = corpus_sources(corpus)
-    digests = [_source_digest(s) for s in sources]
+    folder = _ensure_dir(cache_dir())  # checked before anything there is read: a memo could lie about a digest
+    digests = [_source_digest(s, folder) for s in sources]
     h = hashlib.sha256(b"harness-corpus-1\n")
     for d in digests:
         h.update(d.encode() + b"\n")
@@ -578,7 +596,6 @@ def token_file(corpus: str, *, max_chars: int | None, documents: str | None, kin
              "documents": {"delimiter": documents} if documents is not None else None,
              "tokenizer": _tokenizer_identity(kind, encoding, path, compact, given)}
     key = make_key(parts)
-    folder = _ensure_dir(cache_dir())
     final = folder / f"{key[:32]}{SUFFIX}"
     damaged = None
     if final.exists():

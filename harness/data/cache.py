@@ -310,8 +310,9 @@ class _Options:
 
 def _texts(sources: list[Source], opts: _Options, meter: _Meter, digests: list[str] | None = None) -> Iterator[str | None]:
     """The corpus as normalised text pieces (CRLF and CR to LF), cut to ``max_chars``; a newline goes between two
-    parts when the first does not end with one, so that no line runs from one file into the next. ``digests`` collects each part's sha256 as it is read, so a
-    file that changes during the build is noticed."""
+    parts when the first does not end with one, so that no line runs from one file into the next (for documents, a
+    None instead: a file's end ends a document). ``digests`` collects each part's sha256 as it is read, so a file
+    that changes during the build is noticed."""
     left = opts.max_chars
     last = ""
     for n_src, src in enumerate(sources):
@@ -552,7 +553,8 @@ def _build(sources: list[Source], opts: _Options, key: str, parts: dict[str, Any
         _finish(f, opts.corpus, key, parts, final_dtype, n_tokens, n_chars, doc_starts, tok)
 
 
-def _finish(f: Any, corpus: str, key: str, parts: dict[str, Any], dtype: np.dtype, n_tokens: int, n_chars: int, doc_starts: list[int], tok: Tokenizer) -> None:
+def _finish(f: Any, corpus: str, key: str, parts: dict[str, Any], dtype: np.dtype, n_tokens: int, n_chars: int,
+            doc_starts: list[int], tok: Tokenizer) -> None:
     """Append the trailing sections, then write the header over the reserved first page, and sync."""
     pos = HEADER_BYTES + n_tokens * dtype.itemsize
     sections: dict[str, list[int]] = {"tokens": [HEADER_BYTES, n_tokens * dtype.itemsize]}

@@ -117,7 +117,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness import load_spec
+    from harness.cli.tokens import show_builds
     from harness.errors import SpecError
+
+    show_builds(False)  # checking a corpus's sizes tokenizes it into the token cache
 
     bad = 0
     for path in args.specs:

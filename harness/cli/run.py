@@ -44,7 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.cli.tokens import show_builds
     from harness.errors import SpecError
 
-    show_builds(args.quiet or _follower())  # a missing token file is built while the spec's data is checked
+    if not _follower():  # rank 0 speaks for a DDP run; the other ranks wait for its token file, silently
+        show_builds(args.quiet)  # a missing token file is built while the spec's data is checked
     overrides = list(args.set or [])
     if args.repeats is not None:
         overrides.append(f"sweep.repeats={args.repeats}")  # validated as the spec's own field: < 1 is refused there

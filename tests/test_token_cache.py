@@ -472,3 +472,20 @@ def test_prepare_refuses_a_task_without_a_corpus(tmp_path, capsys):
     code = main(["prepare", str(spec)])
     err = capsys.readouterr().err
     assert code == 2 and "task: lm" in err, err
+
+
+def test_padded_documents_are_made_a_batch_at_a_time(tmp_path):
+    """documents + pad: the rows are gathered from the token file for the batch alone, the same as padding them all."""
+    path = tmp_path / "lines.txt"
+    lines = [f"line {i} " + "x" * (i % 13) for i in range(200)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prep = _fresh(_spec(path, sampling="documents", seq_len=10, val_fraction=0.1))
+    rows = prep.train
+    assert rows.shape == (180, 11) and not isinstance(rows, np.ndarray)
+    tok = prep.tokenizer
+    every = np.asarray(rows)
+    for i in (0, 7, 179):
+        doc = [tok.bos_id, *tok.encode(lines[i]).tolist(), tok.bos_id][:11]
+        assert every[i].tolist() == doc + [-1] * (11 - len(doc))
+    assert np.array_equal(rows[np.array([179, 3, 3])], every[[179, 3, 3]])
+    assert prep.truncated_documents == sum(len(ln) + 2 > 11 for ln in lines)

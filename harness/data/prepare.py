@@ -29,7 +29,7 @@ class Prepared:
 
     tokenizer: Tokenizer
     n_chars: int
-    train: np.ndarray  # 1-D ids, a view of the token file (windows/random/pack), or 2-D padded rows (documents, pad)
+    train: np.ndarray  # 1-D ids, a view of the token file (windows/random/pack), or DocumentRows (documents, pad)
     val: np.ndarray
     n_train_tokens: int
     n_val_tokens: int
@@ -74,19 +74,46 @@ def split_point(n: int, val_fraction: float) -> int:
     return n - int(round(n * val_fraction))
 
 
-def _pad_rows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
-    """Documents ``tokens[starts[i] : starts[i + 1] + 1]`` (each between its two BOS) as rows of seq_len+1 ids,
-    padded with -1 (the batches mask it). Returns rows and the truncated count."""
-    n = max(len(starts) - 1, 0)
-    rows = np.full((n, seq_len + 1), -1, dtype=np.int64)
-    truncated = 0
-    for i in range(n):
-        a, b = int(starts[i]), int(starts[i + 1]) + 1
-        if b - a > seq_len + 1:
-            truncated += 1
-        d = tokens[a : min(b, a + seq_len + 1)]
-        rows[i, : len(d)] = d
-    return rows, truncated
+class DocumentRows:
+    """Documents ``tokens[starts[i] : starts[i + 1] + 1]`` (each between its two separators) as rows of seq_len+1
+    ids padded with -1 (the batches mask it), made only for the rows asked for: a 2-D array to the batches
+    (``shape``, ``ndim``, ``rows[idx]``, ``tolist()``) that holds nothing the size of the corpus but where each
+    document starts (8 bytes a document)."""
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, seq_len: int):
+        self.tokens, self.starts, self.width = tokens, np.asarray(starts, dtype=np.int64), seq_len + 1
+        n = max(len(self.starts) - 1, 0)
+        self.shape = (n, self.width)
+        self.ndim = 2
+        self.dtype = np.dtype(np.int64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def truncated(self) -> int:
+        """Documents longer than a row (their tail is cut)."""
+        return int((np.diff(self.starts) + 1 > self.width).sum()) if self.shape[0] else 0
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        if isinstance(idx, tuple):  # rows[i, :k]
+            return self[idx[0]][idx[1:]]
+        i = np.arange(self.shape[0])[idx]
+        a = self.starts[i]
+        end = self.starts[np.asarray(i) + 1] + 1
+        pos = a[..., None] + np.arange(self.width)
+        inside = pos < end[..., None]
+        if not len(self.tokens):
+            return np.full(pos.shape, -1, dtype=np.int64)
+        ids = np.asarray(self.tokens[np.minimum(pos, len(self.tokens) - 1)], dtype=np.int64)
+        return np.where(inside, ids, -1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out.astype(dtype) if dtype is not None else out
+
+    def tolist(self) -> list[list[int]]:
+        return self[:].tolist()
 
 
 def prepare(data: DataSpec, tokenizer: Tokenizer | None = None) -> Prepared:
@@ -108,8 +135,8 @@ def _prepare_cached(data_json: str, key: tuple[Any, ...], tokenizer_json: str | 
         raise ValueError("prepare() reads a corpus; a classify or instruct task's examples come from harness.data.tasks")
     given = tokenizer_from_dict(json.loads(tokenizer_json)) if tokenizer_json is not None else None
     spec_tok = data.tokenizer
-    tf = token_file(data.corpus, max_chars=data.max_chars, documents=data.delimiter if data.sampling == "documents" else None, kind=spec_tok.kind,
-                    encoding=spec_tok.encoding, path=spec_tok.path, compact=spec_tok.compact, given=given)
+    tf = token_file(data.corpus, max_chars=data.max_chars, documents=data.delimiter if data.sampling == "documents" else None,
+                    kind=spec_tok.kind, encoding=spec_tok.encoding, path=spec_tok.path, compact=spec_tok.compact, given=given)
     tok = tf.tokenizer
     if data.sampling == "documents":
         return _documents(data, tf)
@@ -143,8 +170,10 @@ def _documents(data: DataSpec, tf: TokenFile) -> Prepared:
         stride = window_stride(data)
         return Prepared(tok, tf.n_chars, train, val, len(train), len(val),
                         count_windows(len(train), data.seq_len, stride), count_windows(len(val), data.seq_len, stride), **common)
-    train_rows, trunc_tr = _pad_rows(ids, starts[: cut + 1], data.seq_len)
-    val_rows, trunc_va = _pad_rows(ids, starts[cut:], data.seq_len)
+    train_rows = DocumentRows(ids, starts[: cut + 1], data.seq_len)
+    val_rows = DocumentRows(ids, starts[cut:], data.seq_len)
+    trunc_tr, trunc_va = train_rows.truncated, val_rows.truncated
     n_tr = int(starts[cut] - starts[0]) + cut if cut else 0
     n_va = int(starts[n_docs] - starts[cut]) + (n_docs - cut) if n_docs > cut else 0
-    return Prepared(tok, tf.n_chars, train_rows, val_rows, n_tr, n_va, cut, n_docs - cut, trunc_tr + trunc_va, **common)
+    return Prepared(tok, tf.n_chars, train_rows, val_rows, n_tr, n_va, cut, n_docs - cut,  # type: ignore[arg-type]
+                    trunc_tr + trunc_va, **common)

@@ -9,7 +9,8 @@ copies are alike) is written once into a scratch folder, then, each in its own p
 * baseline (tiktoken only): read in 1 MB pieces, ``encode_ordinary_batch`` 64 at a time on every core, ids appended to
   a uint16 file when the vocabulary fits (else uint32), then 3 batches of random windows from ``np.memmap``: nanoGPT's
   prepare.py and get_batch;
-* harness first: ``harness run`` of a 1-layer model for 3 steps with an empty token cache (it tokenizes);
+* harness first: ``harness run`` of a 1-layer model for 3 steps with an empty token cache (it tokenizes; tiktoken is
+  the full cl100k_base vocabulary at batch 4, so the model is the same at every size and the RSS that grows is data);
 * harness again: the same run with the cache filled (it maps the file);
 * three workers: three such runs at once on the filled cache (their RSS summed).
 
@@ -102,12 +103,15 @@ def _measure(cmd: list[str], env: dict[str, str], n: int = 1) -> tuple[float, li
 
 
 def _spec(folder: Path, corpus: Path, tokenizer: str) -> Path:
+    # the full cl100k_base vocabulary and a small batch: the model is then the same at every corpus size (a compact
+    # vocabulary grows with the corpus, and its logits with it), so what grows with the corpus is harness's data
     tok = '"tiktoken:cl100k_base"' if tokenizer == "tiktoken" else "char"
+    batch = 4 if tokenizer == "tiktoken" else 32
     spec = folder / f"spec_{corpus.stem}_{tokenizer}.yaml"
     spec.write_text(f"""name: bench_corpus
 data: {{corpus: {corpus}, tokenizer: {tok}, seq_len: 64, sampling: windows}}
 model: {{d_model: 32, n_heads: 2, n_layers: 1, d_ff: 64}}
-train: {{max_steps: 3, batch_size: 32, optimizer: {{lr: 1.0e-3}}, eval: {{every_steps: 3, batches: 2}}, threads: 1}}
+train: {{max_steps: 3, batch_size: {batch}, optimizer: {{lr: 1.0e-3}}, eval: {{every_steps: 3, batches: 2}}, threads: 1}}
 tracking: {{sample_tokens: 0}}
 """, encoding="utf-8")
     return spec

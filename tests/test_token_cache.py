@@ -489,3 +489,18 @@ def test_padded_documents_are_made_a_batch_at_a_time(tmp_path):
         assert every[i].tolist() == doc + [-1] * (11 - len(doc))
     assert np.array_equal(rows[np.array([179, 3, 3])], every[[179, 3, 3]])
     assert prep.truncated_documents == sum(len(ln) + 2 > 11 for ln in lines)
+
+
+def test_a_build_shows_plain_lines_off_a_terminal(capsys):
+    from harness.cli.tokens import _BuildLines
+
+    lines = _BuildLines()
+    lines(cache.BuildProgress("big.txt", "encode", 1_000_000, 4_000_000, 0.5))  # under a second: nothing yet
+    lines(cache.BuildProgress("big.txt", "encode", 2_000_000, 4_000_000, 1.0))
+    lines(cache.BuildProgress("big.txt", "encode", 2_500_000, 4_000_000, 1.2))  # within 10 s of the last line
+    lines(cache.BuildProgress("big.txt", "encode", 4_000_000, 4_000_000, 2.0, final=True))
+    lines("the token cache x was damaged; rebuilding it")
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["tokenizing big.txt: encode  50% 2 MB, 2.0 MB/s, 1 s left",
+                   "tokenizing big.txt: encode 100% 4 MB, 2.0 MB/s",
+                   "the token cache x was damaged; rebuilding it"]

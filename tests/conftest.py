@@ -159,9 +159,19 @@ def child_env(*, python_warnings: str | None = CHILD_WARNINGS, **extra: str) -> 
 
 
 def _clear_harness_env(mp: pytest.MonkeyPatch) -> None:
+    """Remove the caller's HARNESS_* settings, but the servers' knobs and the session's token cache."""
     for key in list(os.environ):
-        if key.startswith("HARNESS_") and key not in _SERVER_KNOBS:
+        if key.startswith("HARNESS_") and key not in _SERVER_KNOBS and key != "HARNESS_CACHE_DIR":
             mp.delenv(key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The token cache of the whole session, for module and session fixtures too (they run before ``_isolate``):
+    no test writes into the user's own cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
+        yield
 
 
 @pytest.fixture(autouse=True)

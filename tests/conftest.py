@@ -3,7 +3,8 @@
 Fixtures (names are stable; other test modules rely on them):
 
 * ``_isolate`` (autouse): every test runs with ``tmp_path`` as the working directory and MLflow pointed at a
-  SQLite store inside it, so nothing is written into the repository. Every ``HARNESS_*`` variable of the calling
+  SQLite store inside it, so nothing is written into the repository; ``HARNESS_CACHE_DIR`` (the token cache) is one
+  folder of the session's temporary directory. Every ``HARNESS_*`` variable of the calling
   environment is removed (a developer's ``HARNESS_STUDY_STORAGE`` or ``HARNESS_KILL_AT`` must not reach a test), except
   the knobs of tests/servers.py. It also pins torch to one intra-op thread before and after each test: on a small
   shared CPU, two threads make every tiny op ~100x slower, and a test that runs a spec with ``train.threads`` must not
@@ -153,10 +154,12 @@ def tree(folder: Path) -> set[str]:
 
 
 def child_env(*, python_warnings: str | None = CHILD_WARNINGS, **extra: str) -> dict[str, str]:
-    """The environment for a child process: this one without HARNESS_* knobs (``extra`` sets those it needs), one
+    """The environment for a child process: this one without HARNESS_* knobs but the token cache's (``extra`` sets those it needs), one
     torch thread, unbuffered output, and (unless ``python_warnings`` is None: a third-party server) warnings as errors
     like in this process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_") and k not in ("PYTEST_CURRENT_TEST", "PYTHONWARNINGS")}
+    # HARNESS_CACHE_DIR stays: a child's token files go to the session's cache (see _isolate), never the user's
+    env = {k: v for k, v in os.environ.items()
+           if (not k.startswith("HARNESS_") or k == "HARNESS_CACHE_DIR") and k not in ("PYTEST_CURRENT_TEST", "PYTHONWARNINGS")}
     env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     if python_warnings is not None:
         env["PYTHONWARNINGS"] = python_warnings
@@ -165,19 +168,30 @@ def child_env(*, python_warnings: str | None = CHILD_WARNINGS, **extra: str) -> 
 
 
 def _clear_harness_env(mp: pytest.MonkeyPatch) -> None:
+    """Remove the caller's HARNESS_* settings, but the servers' knobs and the session's token cache."""
     for key in list(os.environ):
-        if key.startswith("HARNESS_") and key not in _SERVER_KNOBS:
+        if key.startswith("HARNESS_") and key not in _SERVER_KNOBS and key != "HARNESS_CACHE_DIR":
             mp.delenv(key)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The token cache of the whole session, for module and session fixtures too (they run before ``_isolate``):
+    no test writes into the user's own cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolate(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Run every test inside ``tmp_path`` with MLflow tracking into ``tmp_path/mlruns/mlflow.db``, without the
-    caller's HARNESS_* settings."""
+    caller's HARNESS_* settings, and with one token cache for the whole session (never the user's own)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir(exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     _clear_harness_env(monkeypatch)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "token-cache"))
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)

@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 a run failed or diverged, 2 bad input (spec, path, id, unreachable store), 130/143 interrupted by
 SIGINT/SIGTERM. One module per command group: ``run`` (run, resume, validate), ``info`` (corpora, schema),
-``results`` (results, compare, plot), ``serve`` (ui, dashboard), ``generate``; ``output`` prints, ``progress`` shows
+``results`` (results, compare, plot), ``serve`` (ui, dashboard), ``generate``, ``tokens`` (prepare, cache); ``output`` prints, ``progress`` shows
 a running job. Building the parser imports neither torch nor MLflow, so ``harness --help`` is instant.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from harness import collector
-from harness.cli import generate, info, results, run, serve
+from harness.cli import generate, info, results, run, serve, tokens
 from harness.cli.output import print_err
 from harness.errors import HarnessError
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Train small GPTs from YAML specs, tracked in MLflow, swept with Optuna.")
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, info, results, serve, generate):
+    for module in (run, tokens, info, results, serve, generate):
         module.add_commands(sub)
     return p
 

@@ -41,8 +41,11 @@ def add_commands(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import load_spec
+    from harness.cli.tokens import show_builds
     from harness.errors import SpecError
 
+    if not _follower():  # rank 0 speaks for a DDP run; the other ranks wait for its token file, silently
+        show_builds(args.quiet)  # a missing token file is built while the spec's data is checked
     overrides = list(args.set or [])
     if args.repeats is not None:
         overrides.append(f"sweep.repeats={args.repeats}")  # validated as the spec's own field: < 1 is refused there
@@ -115,7 +118,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness import load_spec
+    from harness.cli.tokens import show_builds
     from harness.errors import SpecError
+
+    show_builds(False)  # checking a corpus's sizes tokenizes it into the token cache
 
     bad = 0
     for path in args.specs:

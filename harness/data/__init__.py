@@ -1,6 +1,7 @@
-"""Data: corpora (``corpora``), tokenizers (``tokenizers``), the train/val split (``prepare``), batches for the
-trainer (``batches``), the spec checks that need the data (``checks``), and finetuning: datasets (``datasets``), their
-examples with -100 targets (``tasks``) and their batches (``pairs``).
+"""Data: corpora (``corpora``), tokenizers (``tokenizers``), the token cache that tokenizes each corpus once into a
+memory-mapped file (``cache``), the train/val split (``prepare``), batches for the trainer (``batches``), the spec
+checks that need the data (``checks``), and finetuning: datasets (``datasets``), their examples with -100 targets
+(``tasks``) and their batches (``pairs``).
 
 Only ``batches`` and ``pairs`` import torch.
 """

@@ -4,9 +4,11 @@ resumable from the same few integers."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from harness.data.batches import Batches
+from harness.data.prepare import spread
 
 __all__ = ["PairBatches", "pair_eval_batches"]
 
@@ -18,10 +20,11 @@ class PairBatches(Batches):
         if x.shape != y.shape or x.dim() != 2:
             raise ValueError(f"inputs {tuple(x.shape)} and targets {tuple(y.shape)} must be the same (N, T) shape")
         super().__init__(x, seq_len=x.shape[1], stride=1, batch_size=batch_size, seed=seed, mode="epoch")
-        self.targets = y
+        self.inputs, self.targets = x, y
 
-    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data[idx], self.targets[idx]  # (B, T) each
+    def gather(self, idx: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.as_tensor(idx)
+        return self.inputs[i], self.targets[i]  # (B, T) each
 
 
 def pair_eval_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -29,6 +32,5 @@ def pair_eval_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, n_ba
     n = x.shape[0]
     if n == 0:
         return []
-    k = min(n_batches * batch_size, n)
-    idx = torch.linspace(0, n - 1, k).round().long()
+    idx = torch.from_numpy(spread(n, n_batches * batch_size))  # integers: no float index
     return [(x[chunk], y[chunk]) for chunk in idx.split(batch_size)]

@@ -212,8 +212,10 @@ class TiktokenTokenizer(Tokenizer):
 
     kind = "tiktoken"
 
-    def __init__(self, encoding: str, *, path: str | None = None, remap: list[int] | None = None, ranks: bytes | None = None):
+    def __init__(self, encoding: str, *, path: str | None = None, remap: list[int] | None = None, ranks: bytes | None = None,
+                 eot: bool = False):
         self.encoding = encoding
+        self.eot = eot
         self.path = path
         self.ranks = ranks if ranks is not None or path is None else _read_ranks_file(Path(path))
         self._enc = _encoding(encoding, self.ranks, path or "the run's saved tokenizer")
@@ -226,6 +228,8 @@ class TiktokenTokenizer(Tokenizer):
             self.vocab_size = len(remap)
         else:
             self.vocab_size = int(self._enc.max_token_value) + 1
+        if eot:  # documents: <|endoftext|> separates them, as BOS does for the char tokenizer
+            self.bos_id = int(self._dense[self._enc.eot_token]) if remap is not None else int(self._enc.eot_token)
 
     @classmethod
     def for_corpus(cls, spec: TokenizerSpec, text: str) -> TiktokenTokenizer:
@@ -260,7 +264,9 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.decode([int(i) for i in arr])
 
     def to_dict(self) -> dict[str, Any]:
-        saved = {"kind": "tiktoken", "encoding": self.encoding, "path": self.path, "remap": self.remap}
+        saved: dict[str, Any] = {"kind": "tiktoken", "encoding": self.encoding, "path": self.path, "remap": self.remap}
+        if self.eot:
+            saved["eot"] = True
         if self.ranks is not None:
             # the ranks themselves, gzip'ed (deterministically: mtime 0) and base64-encoded; made once, as the JSON is
             # asked for more than once (the data cache's key, the saved artifact)
@@ -277,7 +283,7 @@ def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(data["chars"], bos=bool(data.get("bos")))
     if data.get("kind") == "tiktoken":
         ranks = gzip.decompress(base64.b64decode(data["ranks_gz_b64"])) if data.get("ranks_gz_b64") else None
-        return TiktokenTokenizer(data["encoding"], path=data.get("path"), remap=data.get("remap"), ranks=ranks)
+        return TiktokenTokenizer(data["encoding"], path=data.get("path"), remap=data.get("remap"), ranks=ranks, eot=bool(data.get("eot")))
     raise HarnessError(f"unknown tokenizer kind in saved tokenizer: {data.get('kind')!r}")
 
 

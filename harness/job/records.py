@@ -42,6 +42,13 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:8]
 
 
+def _split_digest(key: str, context: str, n_tokens: int) -> str:
+    """A split's digest, from its token file's cache key (``token_cache_key`` in the profile) and where the split
+    lies: computed without reading the tokens (a corpus of gigabytes costs nothing here), the same for every run on
+    the same tokens and split, whatever its seq_len or sampling."""
+    return hashlib.sha256(f"{key}/{context}/{n_tokens}".encode()).hexdigest()[:8]
+
+
 def _source(ref: str, *, shipped: bool) -> tuple[str, str, dict[str, Any]]:
     """(name, MLflow source type, source) of a corpus or a finetuning dataset: a shipped one by its name (the package
     that ships it in the source), a file by its name (its path in the source)."""
@@ -62,13 +69,14 @@ def datasets(spec: Spec, tokenizer: Tokenizer, prep: Prepared | None, task: Task
     if prep is not None:
         corpus = spec.data.corpus or "-"
         name, kind, source = _source(corpus, shipped=is_named_corpus(corpus))
-        common = {**tok, "corpus_characters": prep.n_chars, "sampling": spec.data.sampling}
+        common = {**tok, "corpus_characters": prep.n_chars, "sampling": spec.data.sampling, "token_cache_key": prep.key}
         if spec.data.max_chars is not None:
             common["max_chars"] = spec.data.max_chars
         for context, tokens, n_tokens, examples in (("train", prep.train, prep.n_train_tokens, prep.train_examples),
                                                     ("validation", prep.val, prep.n_val_tokens, prep.val_examples)):
             if n_tokens:
-                out.append(DatasetRecord(name, _digest(tokens), kind, source, _TEXT,
+                digest = _split_digest(prep.key, context, n_tokens) if prep.key else _digest(tokens)
+                out.append(DatasetRecord(name, digest, kind, source, _TEXT,
                                          {**common, "tokens": int(n_tokens), "examples": int(examples)}, context))
         return out
     if task is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import glob
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
 _PATH_FIELDS = (("data", "corpus"), ("data", "tokenizer", "path"), ("task", "dataset"), ("init", "from"))
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for keys in _PATH_FIELDS:
         parent: Any = raw
@@ -174,6 +179,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         if not isinstance(value, str) or not value.strip() or _is_name(keys, value):
             continue
         p = Path(value).expanduser()
+        if keys == ("data", "corpus") and _GLOB_CHARS & set(value):
+            # a glob: next to the spec when it matches there; its pattern is kept (a resolved path has no '*')
+            if not p.is_absolute():
+                p = (base / p) if glob.glob(str(base / p), recursive=True) else (Path.cwd() / p)
+            parent[keys[-1]] = os.path.normpath(str(p))
+            continue
         if not p.is_absolute():
             if keys == ("init", "from") and not (base / p).exists() and not p.exists():
                 continue  # a run id or an experiment name

@@ -96,17 +96,20 @@ class TokenizerSpec(_Model):
 class DataSpec(_Model):
     """Where the text comes from and how it is cut into training examples."""
 
-    corpus: str | None = Field(None, description="a shipped corpus (shakespeare/<work>, names) or a path to a UTF-8 text file (task lm)")
+    corpus: str | None = Field(None, description="a shipped corpus (shakespeare/<work>, names), or a UTF-8 text file, a folder of .txt/.txt.gz files or a glob (task lm)")
     max_chars: int | None = Field(None, ge=1, description="keep only this many leading characters of the corpus")
     tokenizer: TokenizerSpec = Field(TokenizerSpec(), description="char, or tiktoken with an encoding")
     sampling: Literal["windows", "random", "documents"] = Field(
-        "windows", description="windows: every sliding window once per epoch; random: random windows each step; documents: one line per example"
+        "windows", description="windows: every sliding window once per epoch; random: random windows each step; documents: one document per example"
     )
+    delimiter: str = Field("\n", min_length=1, description="documents sampling: the literal between documents: a newline (one per line), "
+                           "two for paragraphs, or e.g. <|endoftext|>; blank documents are skipped")
     stride: int = Field(1, ge=1, le=1_000_000, description="distance between window starts (windows sampling)")
     seq_len: int = Field(ge=2, le=65_536, description="tokens per training example (the model's context length)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the corpus (its tail) held out for validation; 0 disables val")
     packing: Literal["pad", "pack"] = Field(
-        "pad", description="documents sampling: pad each document to seq_len, or pack documents into one BOS-separated stream"
+        "pad", description="documents sampling: pad each document to seq_len, or pack documents into one stream, separated by BOS "
+        "(char) or the encoding's <|endoftext|> (tiktoken)"
     )
 
     @field_validator("corpus")
@@ -501,11 +504,11 @@ class Spec(_Model):
         if task is None or task.kind == "lm":
             if data.corpus is None:
                 raise _at("corpus", "required field is missing (task lm trains on a corpus)")
-            if data.sampling == "documents" and data.tokenizer.kind != "char":
-                raise _at("tokenizer", "documents sampling uses the char tokenizer (it reserves a BOS id)")
+            if data.delimiter != "\n" and data.sampling != "documents":
+                raise _at("delimiter", "only applies to sampling: documents")
             return data
         # classify/instruct: one example per dataset row; the corpus options do not apply
-        for name in ("corpus", "max_chars", "sampling", "stride", "packing"):
+        for name in ("corpus", "max_chars", "sampling", "stride", "packing", "delimiter"):
             if getattr(data, name) != DataSpec.model_fields[name].default:
                 raise _at(name, f"does not apply to task {task.kind} (its examples are the rows of task.dataset)")
         return data

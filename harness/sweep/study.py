@@ -122,8 +122,9 @@ def _comparable(spec: Spec) -> dict[str, Any]:
         for k, v in list(out.items()):
             if k.startswith("sweep.params.") and isinstance(v, list):
                 out[k] = "<grid values>"
-    files = {"data.corpus": spec.data.corpus if spec.data.corpus and not is_named_corpus(spec.data.corpus) else None,
-             "task.dataset": spec.task.dataset if spec.task.dataset and not spec.task.dataset_is_shipped else None,
+    if spec.data.corpus and not is_named_corpus(spec.data.corpus):
+        out["data.corpus"] = f"text with sha256 {_corpus_digest(spec.data.corpus)}"
+    files = {"task.dataset": spec.task.dataset if spec.task.dataset and not spec.task.dataset_is_shipped else None,
              "data.tokenizer.path": spec.data.tokenizer.path}
     for key, path in files.items():
         if path is not None:
@@ -132,6 +133,18 @@ def _comparable(spec: Spec) -> dict[str, Any]:
     if cap is not None:
         out["HARNESS_MAX_STEPS"] = cap
     return out
+
+
+def _corpus_digest(corpus: str) -> str:
+    """The corpus's content (a file, a folder, a glob, .gz) as the token cache digests it: remembered per file, so a
+    large corpus is not read again at every sweep start."""
+    from harness.data.cache import content_digest
+    from harness.data.corpora import corpus_sources
+
+    try:
+        return content_digest(corpus_sources(corpus))[:16]
+    except Exception as exc:  # the data checks say what is wrong with it; here it only must not match a good corpus
+        return f"unreadable ({type(exc).__name__})"
 
 
 def _file_digest(path: str) -> str:

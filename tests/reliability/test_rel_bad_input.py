@@ -134,7 +134,8 @@ CASES = [
     Case("corpus-whitespace", at("data.corpus", "blank.txt"), "data.corpus", "is empty", files={"blank.txt": b"  \n\n\t \n"}),
     Case("corpus-not-utf8", at("data.corpus", "latin1.txt"), "data.corpus", "not UTF-8", files={"latin1.txt": "café crème\n".encode("latin-1") * 50}),
     Case("corpus-binary", at("data.corpus", "image.png"), "data.corpus", "binary", files={"image.png": PNG}),
-    Case("corpus-directory", at("data.corpus", "."), "data.corpus", "directory"),
+    # a folder is a corpus of its .txt files (issue 26); one without any is refused
+    Case("corpus-folder-without-text", at("data.corpus", "notes"), "data.corpus", "has no .txt", files={"notes/readme.md": b"# notes\n"}),
     Case("corpus-too-short", at("data.corpus", "short.txt"), "data.seq_len", "needs at least 17", files={"short.txt": b"hello world\n"}),
     Case("unknown-shipped-corpus", at("data.corpus", "shakespeare/hamlett"), "data.corpus", "shakespeare"),
     Case("unknown-tokenizer", at("data.tokenizer", "wordpiece"), "data.tokenizer.kind", "'char' or 'tiktoken'"),
@@ -178,6 +179,7 @@ def _write_case(folder: Path, case: Case, corpus: str) -> Path:
     folder.mkdir()
     (folder / "tiny.txt").write_text(corpus, encoding="utf-8")
     for name, data in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     spec = folder / f"{case.name}.yaml"
     if case.spec is None:

@@ -79,7 +79,8 @@ def test_a_run_started_paused_sets_up_without_collections_and_trains_with_them(t
 
 # Every command of the harness command line, with the arguments it needs to parse.
 COMMANDS = {"run": ["x.yaml"], "resume": ["x"], "validate": ["x.yaml"], "corpora": [], "schema": [], "results": ["x"],
-            "compare": ["x", "y"], "plot": ["x"], "ui": [], "dashboard": ["x"], "generate": ["x"]}
+            "compare": ["x", "y"], "plot": ["x"], "ui": [], "dashboard": ["x"], "generate": ["x"], "prepare": ["x.yaml"],
+            "cache": ["list"]}
 
 
 def test_the_command_table_here_is_every_command():
@@ -118,7 +119,7 @@ def test_forked_workers_run_in_the_drivers_folder_and_environment(tmp_path, tmp_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
     monkeypatch.setenv("HARNESS_MAX_STEPS", "4")  # read by each trial: proves the worker saw this environment
     run_sweep(spec_from_dict(base_spec(work)), workers=2)
-    trials = load_study(work).get_trials()
+    trials = load_study(work, "tinysweep-max4steps").get_trials()  # a step cap runs in a study of its own
     assert len(trials) == 3 and len({t.user_attrs["pid"] for t in trials}) >= 1
     parents, children = split_runs(all_runs(work))
     assert len(parents) == 1 and len(children) == 3

@@ -63,6 +63,7 @@ def test_grid_sweep_end_to_end(work):
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert result.parent_run_id == parent.info.run_id and parent.info.status == "FINISHED"
+    assert type(result.best["params"]["train.optimizer.lr"]) is float, "plain values: the summary prints them"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(float(c.data.params["train.optimizer.lr"]) for c in children) == [1e-5, 3e-3, 1e-2]
     assert {c.data.tags["harness.study"] for c in children} == {"tinysweep"}

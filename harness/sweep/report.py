@@ -224,7 +224,7 @@ def _best(spec: Spec, table: Any, configs: Any) -> dict[str, Any] | None:
         return None
     if configs is None:
         top = done.sort_values("objective", ascending=lower, kind="stable").iloc[0]
-        return {"trial": int(top["trial"]), "value": float(top["objective"]), "params": {p: top[p] for p in sw.params if p in top},
+        return {"trial": int(top["trial"]), "value": float(top["objective"]), "params": {p: _plain(top[p]) for p in sw.params if p in top},
                 "run_id": top["run_id"]}
     cid = configs.attrs.get("best")
     if cid is None:
@@ -232,10 +232,15 @@ def _best(spec: Spec, table: Any, configs: Any) -> dict[str, Any] | None:
     row = configs[configs["config_id"] == cid].iloc[0]
     runs = done[done["config_id"] == cid]
     top = runs.sort_values("objective", ascending=lower, kind="stable").iloc[0]
-    return {"trial": int(top["trial"]), "value": float(row["objective_mean"]), "params": {p: row[p] for p in sw.params if p in row},
+    return {"trial": int(top["trial"]), "value": float(row["objective_mean"]), "params": {p: _plain(row[p]) for p in sw.params if p in row},
             "config_id": cid, "config": row.get("config"), "n": int(row["n"]),
             "ci": [float(row.get("objective_ci_low", math.nan)), float(row.get("objective_ci_high", math.nan))],
             "run_id": top["run_id"], "seed": int(top["seed"])}
+
+
+def _plain(v: Any) -> Any:
+    """A value out of a DataFrame cell as plain Python (numpy's scalars print as np.float64(...) and do not serialise)."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
 
 
 def fail_parent(opened: OpenStudy, *, uri: str, error: BaseException) -> bool:
